@@ -1,1 +1,7 @@
-//! controller
+//! The sandbox controller. For now: the pieces behind `vmmctl` (booting a
+//! VM from the command line, the boot benchmark, synthetic guests).
+
+pub mod bench;
+pub mod launch;
+pub mod stats;
+pub mod synthetic;

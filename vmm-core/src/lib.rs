@@ -1,1 +1,23 @@
-//! vmm-core
+//! vmm-core: the KVM virtual machine.
+//!
+//! A [`Vm`] is built from a [`config::ValidatedConfig`] (vCPUs, memory,
+//! kernel, initrd, command line, console) and started into a [`RunningVm`]:
+//! one thread per vCPU running KVM_RUN and dispatching port and MMIO exits
+//! to the device buses, plus one event thread. Nothing is global except the
+//! vCPU kick signal handler, so many VMs can live in one process.
+
+pub mod backend;
+pub mod config;
+pub mod cpuid;
+pub mod events;
+pub mod exit;
+pub mod memory;
+pub mod metrics;
+pub mod vcpu;
+pub mod vm;
+pub mod x86_64;
+
+pub use backend::{BackendKind, KvmInfo};
+pub use config::{ConsoleConfig, HostLimits, ValidatedConfig, VmConfig};
+pub use exit::ExitReason;
+pub use vm::{CoreDevices, ExtraDevice, RunningVm, Vm, VmError, VmOptions};

@@ -1,0 +1,345 @@
+//! VM configuration and its validation.
+//!
+//! A [`VmConfig`] is what a user asks for; [`VmConfig::validate`] checks it
+//! against the host ([`HostLimits`]) and turns it into a [`ValidatedConfig`],
+//! the only form [`crate::Vm::build`] accepts. Every check that can be made
+//! before touching KVM is made here, so bad input fails fast with a message
+//! that names the offending value.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// Smallest guest memory we accept: the boot structures, a kernel and an
+/// initramfs need a few MiB; anything below this cannot boot Linux.
+pub const MIN_MEMORY_MIB: u64 = 16;
+
+/// Longest kernel command line accepted before the kernel's own limit (read
+/// from its boot header) is applied. Includes room for the terminating NUL.
+pub const MAX_CMDLINE_LEN: usize = 4095;
+
+/// Where the guest's serial console goes.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ConsoleConfig {
+    /// Serial output to our stdout; our stdin is fed to the guest.
+    #[default]
+    Stdio,
+    /// Serial output appended to a file; no input.
+    File(PathBuf),
+    /// The serial device exists but its output is discarded.
+    None,
+}
+
+/// What a user asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmConfig {
+    /// Number of vCPUs (1..=KVM's maximum).
+    pub vcpus: u32,
+    /// Guest RAM in MiB.
+    pub memory_mib: u64,
+    /// Guest kernel: an ELF vmlinux (PVH or 64-bit entry) or a bzImage.
+    pub kernel: PathBuf,
+    /// Optional initial ramdisk.
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    pub cmdline: String,
+    /// Serial console wiring.
+    pub console: ConsoleConfig,
+}
+
+/// Facts about the host a configuration is checked against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HostLimits {
+    /// KVM_CAP_MAX_VCPUS (or the recommended count when absent).
+    pub max_vcpus: u32,
+    /// Total host RAM in bytes.
+    pub host_memory_bytes: u64,
+}
+
+impl HostLimits {
+    /// Reads the limits of this host from KVM and /proc/meminfo.
+    pub fn probe(kvm: &kvm_ioctls::Kvm) -> Result<Self, ConfigError> {
+        Ok(HostLimits {
+            max_vcpus: u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX),
+            host_memory_bytes: host_memory_bytes()?,
+        })
+    }
+}
+
+/// Total RAM of this host, from /proc/meminfo.
+pub fn host_memory_bytes() -> Result<u64, ConfigError> {
+    let meminfo =
+        fs::read_to_string("/proc/meminfo").map_err(|e| ConfigError::HostMemory(e.to_string()))?;
+    parse_mem_total(&meminfo)
+        .ok_or_else(|| ConfigError::HostMemory("no MemTotal line in /proc/meminfo".into()))
+}
+
+fn parse_mem_total(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// A configuration that passed [`VmConfig::validate`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidatedConfig(VmConfig);
+
+impl ValidatedConfig {
+    /// The checked configuration.
+    pub fn get(&self) -> &VmConfig {
+        &self.0
+    }
+
+    /// Guest RAM in bytes.
+    pub fn memory_bytes(&self) -> u64 {
+        self.0.memory_mib << 20
+    }
+}
+
+/// Why a configuration was rejected.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// vCPU count of zero.
+    #[error("vCPU count must be at least 1")]
+    ZeroVcpus,
+    /// More vCPUs than KVM supports (or than the boot tables can describe).
+    #[error("{requested} vCPUs requested but at most {max} are supported on this host")]
+    TooManyVcpus {
+        /// Requested count.
+        requested: u32,
+        /// Host limit.
+        max: u32,
+    },
+    /// Memory of zero or below the minimum.
+    #[error("guest memory must be at least {MIN_MEMORY_MIB} MiB, got {0} MiB")]
+    MemoryTooSmall(u64),
+    /// More memory than the host has.
+    #[error("guest memory of {requested_mib} MiB exceeds this host's {host_mib} MiB of RAM")]
+    MemoryTooLarge {
+        /// Requested MiB.
+        requested_mib: u64,
+        /// Host total MiB.
+        host_mib: u64,
+    },
+    /// Host memory size unreadable.
+    #[error("cannot determine host memory size: {0}")]
+    HostMemory(String),
+    /// A required file is missing or not a regular file.
+    #[error("{what} {path}: {reason}")]
+    BadFile {
+        /// "kernel" or "initrd".
+        what: &'static str,
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Command line too long.
+    #[error("kernel command line is {len} bytes; at most {max} are allowed")]
+    CmdlineTooLong {
+        /// Its length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// Command line contains a NUL byte.
+    #[error("kernel command line contains a NUL byte")]
+    CmdlineNul,
+}
+
+/// Largest vCPU count the boot tables (MP table, MADT, APIC IDs in 8 bits) describe.
+pub const MAX_BOOT_VCPUS: u32 = 254;
+
+impl VmConfig {
+    /// Checks this configuration against `limits` and the filesystem.
+    pub fn validate(self, limits: &HostLimits) -> Result<ValidatedConfig, ConfigError> {
+        if self.vcpus == 0 {
+            return Err(ConfigError::ZeroVcpus);
+        }
+        let max = limits.max_vcpus.min(MAX_BOOT_VCPUS);
+        if self.vcpus > max {
+            return Err(ConfigError::TooManyVcpus {
+                requested: self.vcpus,
+                max,
+            });
+        }
+        if self.memory_mib < MIN_MEMORY_MIB {
+            return Err(ConfigError::MemoryTooSmall(self.memory_mib));
+        }
+        let host_mib = limits.host_memory_bytes >> 20;
+        if self.memory_mib > host_mib {
+            return Err(ConfigError::MemoryTooLarge {
+                requested_mib: self.memory_mib,
+                host_mib,
+            });
+        }
+        check_file("kernel", &self.kernel)?;
+        if let Some(initrd) = &self.initrd {
+            check_file("initrd", initrd)?;
+        }
+        if self.cmdline.len() > MAX_CMDLINE_LEN {
+            return Err(ConfigError::CmdlineTooLong {
+                len: self.cmdline.len(),
+                max: MAX_CMDLINE_LEN,
+            });
+        }
+        if self.cmdline.contains('\0') {
+            return Err(ConfigError::CmdlineNul);
+        }
+        Ok(ValidatedConfig(self))
+    }
+}
+
+fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
+    let bad = |reason: String| ConfigError::BadFile {
+        what,
+        path: path.to_path_buf(),
+        reason,
+    };
+    let meta = fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+    if !meta.is_file() {
+        return Err(bad("not a regular file".into()));
+    }
+    if meta.len() == 0 {
+        return Err(bad("file is empty".into()));
+    }
+    fs::File::open(path).map_err(|e| bad(e.to_string()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    const LIMITS: HostLimits = HostLimits {
+        max_vcpus: 8,
+        host_memory_bytes: 4 << 30,
+    };
+
+    fn kernel_file() -> (vmm_sys_util::tempfile::TempFile, PathBuf) {
+        let f = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        f.as_file().write_all(b"not really a kernel").unwrap();
+        let p = f.as_path().to_path_buf();
+        (f, p)
+    }
+
+    fn config(kernel: PathBuf) -> VmConfig {
+        VmConfig {
+            vcpus: 1,
+            memory_mib: 128,
+            kernel,
+            initrd: None,
+            cmdline: "console=ttyS0".into(),
+            console: ConsoleConfig::None,
+        }
+    }
+
+    #[test]
+    fn accepts_a_sane_config() {
+        let (_f, k) = kernel_file();
+        let v = config(k).validate(&LIMITS).unwrap();
+        assert_eq!(v.memory_bytes(), 128 << 20);
+    }
+
+    #[test]
+    fn rejects_vcpu_counts() {
+        let (_f, k) = kernel_file();
+        let mut c = config(k);
+        c.vcpus = 0;
+        assert_eq!(c.clone().validate(&LIMITS), Err(ConfigError::ZeroVcpus));
+        c.vcpus = 9;
+        assert_eq!(
+            c.validate(&LIMITS),
+            Err(ConfigError::TooManyVcpus {
+                requested: 9,
+                max: 8
+            })
+        );
+    }
+
+    #[test]
+    fn vcpus_capped_by_boot_tables() {
+        let (_f, k) = kernel_file();
+        let mut c = config(k);
+        c.vcpus = 255;
+        let limits = HostLimits {
+            max_vcpus: 1024,
+            ..LIMITS
+        };
+        assert_eq!(
+            c.validate(&limits),
+            Err(ConfigError::TooManyVcpus {
+                requested: 255,
+                max: MAX_BOOT_VCPUS
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_memory_sizes() {
+        let (_f, k) = kernel_file();
+        let mut c = config(k);
+        c.memory_mib = 0;
+        assert_eq!(c.clone().validate(&LIMITS), Err(ConfigError::MemoryTooSmall(0)));
+        c.memory_mib = 5000;
+        assert_eq!(
+            c.validate(&LIMITS),
+            Err(ConfigError::MemoryTooLarge {
+                requested_mib: 5000,
+                host_mib: 4096
+            })
+        );
+    }
+
+    #[test]
+    fn rejects_missing_empty_and_directory_kernels() {
+        let c = config("/nonexistent/vmlinux".into());
+        assert!(matches!(
+            c.validate(&LIMITS),
+            Err(ConfigError::BadFile { what: "kernel", .. })
+        ));
+        let empty = vmm_sys_util::tempfile::TempFile::new().unwrap();
+        let c = config(empty.as_path().to_path_buf());
+        let err = c.validate(&LIMITS).unwrap_err();
+        assert!(err.to_string().contains("empty"), "{err}");
+        let c = config("/".into());
+        let err = c.validate(&LIMITS).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+    }
+
+    #[test]
+    fn rejects_missing_initrd() {
+        let (_f, k) = kernel_file();
+        let mut c = config(k);
+        c.initrd = Some("/nonexistent/initrd".into());
+        assert!(matches!(
+            c.validate(&LIMITS),
+            Err(ConfigError::BadFile { what: "initrd", .. })
+        ));
+    }
+
+    #[test]
+    fn rejects_bad_cmdlines() {
+        let (_f, k) = kernel_file();
+        let mut c = config(k);
+        c.cmdline = "x".repeat(MAX_CMDLINE_LEN + 1);
+        assert_eq!(
+            c.clone().validate(&LIMITS),
+            Err(ConfigError::CmdlineTooLong {
+                len: MAX_CMDLINE_LEN + 1,
+                max: MAX_CMDLINE_LEN
+            })
+        );
+        c.cmdline = "a\0b".into();
+        assert_eq!(c.validate(&LIMITS), Err(ConfigError::CmdlineNul));
+    }
+
+    #[test]
+    fn parses_meminfo() {
+        assert_eq!(
+            parse_mem_total("MemTotal:       24576000 kB\nMemFree: 1 kB\n"),
+            Some(24576000 * 1024)
+        );
+        assert_eq!(parse_mem_total("MemFree: 1 kB\n"), None);
+    }
+}

@@ -1,0 +1,174 @@
+//! The VM's event thread: turns device eventfds (reset, power-off) into exit
+//! reasons and feeds console input from stdin to the serial port. Built on
+//! event-manager; one thread per VM, named `vmm-events`.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use devices::Serial;
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+use crate::exit::{ExitLatch, ExitReason};
+
+type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
+
+/// Guest reset / power-off requests and the loop's own stop request.
+struct Lifecycle {
+    reset: EventFd,
+    power_off: EventFd,
+    stop: EventFd,
+    exit: Arc<ExitLatch>,
+    stopping: Arc<AtomicBool>,
+}
+
+impl MutEventSubscriber for Lifecycle {
+    fn init(&mut self, ops: &mut EventOps) {
+        for fd in [&self.reset, &self.power_off, &self.stop] {
+            if let Err(e) = ops.add(Events::new(fd, EventSet::IN)) {
+                tracing::error!("cannot watch a lifecycle eventfd: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if fd == self.reset.as_raw_fd() {
+            let _ = self.reset.read();
+            self.exit.record(ExitReason::Reset);
+        } else if fd == self.power_off.as_raw_fd() {
+            let _ = self.power_off.read();
+            self.exit.record(ExitReason::PowerOff);
+        } else if fd == self.stop.as_raw_fd() {
+            let _ = self.stop.read();
+            self.stopping.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+/// Bytes typed on our stdin, queued into the guest's serial FIFO.
+struct ConsoleInput {
+    serial: Arc<Mutex<Serial>>,
+    pending: Vec<u8>,
+}
+
+const STDIN: RawFd = 0;
+
+impl ConsoleInput {
+    /// Moves as much pending input as the FIFO takes. True if some remains.
+    fn flush(&mut self) -> bool {
+        if self.pending.is_empty() {
+            return false;
+        }
+        let mut serial = self.serial.lock().unwrap_or_else(|p| p.into_inner());
+        match serial.enqueue_input(&self.pending) {
+            Ok(n) => {
+                self.pending.drain(..n);
+            }
+            Err(e) => {
+                tracing::warn!("console input dropped: {e}");
+                self.pending.clear();
+            }
+        }
+        !self.pending.is_empty()
+    }
+}
+
+impl MutEventSubscriber for ConsoleInput {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(STDIN, EventSet::IN)) {
+            tracing::warn!("stdin cannot be watched, console input disabled: {e}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        if !self.pending.is_empty() {
+            return; // FIFO still full; the loop retries with a timeout.
+        }
+        let mut buf = [0u8; 64];
+        let n = if events.event_set().contains(EventSet::IN) {
+            std::io::stdin().lock().read(&mut buf).unwrap_or(0)
+        } else {
+            0
+        };
+        if n == 0 {
+            // EOF, hang-up or error: stop watching stdin.
+            let _ = ops.remove(Events::empty_raw(STDIN));
+            return;
+        }
+        self.pending.extend_from_slice(&buf[..n]);
+        self.flush();
+    }
+}
+
+/// A running event thread.
+pub struct EventLoopHandle {
+    stop: EventFd,
+    thread: JoinHandle<()>,
+}
+
+impl EventLoopHandle {
+    /// Asks the thread to end and joins it.
+    pub fn stop(self) {
+        if let Err(e) = self.stop.write(1) {
+            tracing::warn!("cannot signal the event thread: {e}");
+        }
+        if self.thread.join().is_err() {
+            tracing::error!("the event thread panicked");
+        }
+    }
+}
+
+/// Namespace for starting the loop.
+pub struct EventLoop;
+
+impl EventLoop {
+    /// Starts the event thread.
+    pub fn start(
+        exit: Arc<ExitLatch>,
+        reset: EventFd,
+        power_off: EventFd,
+        console: Option<Arc<Mutex<Serial>>>,
+    ) -> std::io::Result<EventLoopHandle> {
+        let stop = EventFd::new(libc::EFD_NONBLOCK)?;
+        let lifecycle = Lifecycle {
+            reset,
+            power_off,
+            stop: stop.try_clone()?,
+            exit,
+            stopping: Arc::new(AtomicBool::new(false)),
+        };
+        let stopping = lifecycle.stopping.clone();
+        let mut manager: EventManager<Subscriber> =
+            EventManager::new().map_err(|e| std::io::Error::other(e.to_string()))?;
+        manager.add_subscriber(Arc::new(Mutex::new(lifecycle)));
+        let console = console.map(|serial| {
+            Arc::new(Mutex::new(ConsoleInput {
+                serial,
+                pending: Vec::new(),
+            }))
+        });
+        if let Some(console) = &console {
+            manager.add_subscriber(console.clone());
+        }
+        let thread = std::thread::Builder::new()
+            .name("vmm-events".into())
+            .spawn(move || {
+                while !stopping.load(Ordering::SeqCst) {
+                    let retry = console
+                        .as_ref()
+                        .map(|c| c.lock().unwrap_or_else(|p| p.into_inner()).flush())
+                        .unwrap_or(false);
+                    if let Err(e) = manager.run_with_timeout(if retry { 10 } else { -1 }) {
+                        tracing::error!("event loop failed: {e}");
+                        break;
+                    }
+                }
+            })?;
+        Ok(EventLoopHandle { stop, thread })
+    }
+}
