@@ -30,6 +30,11 @@ impl Asm {
         self
     }
 
+    /// Appends raw, already-encoded instruction bytes.
+    pub fn raw(self, b: &[u8]) -> Self {
+        self.bytes(b)
+    }
+
     /// `mov dx, imm16` (66 BA iw).
     pub fn mov_dx(self, port: u16) -> Self {
         let [lo, hi] = port.to_le_bytes();

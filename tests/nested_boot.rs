@@ -1,0 +1,170 @@
+//! Boots the project's Linux guest with `vmmctl run` inside the nested test
+//! host (QEMU TCG with emulated AMD SVM and a real kvm-amd), because the
+//! development machines' own /dev/kvm (PVM) cannot boot a standard kernel.
+//!
+//! One test-host boot runs every case (boot timings vary ~30% between
+//! test-host boots, and each boot costs seconds); the script prints each
+//! case's output between markers and the test checks them one by one.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Runs a resources/ script and returns its last stdout line.
+fn script_output(script: &str, args: &[&str]) -> String {
+    let out = Command::new(repo_root().join(script))
+        .args(args)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
+    assert!(out.status.success(), "{script} failed");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+const GUEST_CMDLINE: &str =
+    "console=ttyS0 reboot=k panic=1 nomodule i8042.noaux i8042.nomux i8042.dumbkbd";
+
+fn script() -> String {
+    format!(
+        r#"
+K=/x/vmlinux; B=/x/bzImage; I=/x/initramfs.cpio.gz
+CMD="{GUEST_CMDLINE}"
+run_case() {{
+    name=$1; shift
+    echo "=== case $name begin"
+    timeout 180 "$@" </dev/null >/tmp/case.out 2>&1
+    rc=$?
+    cat /tmp/case.out
+    echo "=== case $name end exit=$rc"
+}}
+run_case kvm-info /x/vmmctl kvm-info
+run_case boot-1cpu /x/vmmctl run --kernel $K --initrd $I --cpus 1 --memory 256 --boot-timer --cmdline "$CMD -- echo hello-from-guest"
+run_case boot-2cpu /x/vmmctl run --kernel $K --initrd $I --cpus 2 --memory 256 --boot-timer --cmdline "$CMD"
+run_case reboot /x/vmmctl run --kernel $K --initrd $I --cpus 1 --memory 256 --cmdline "$CMD -- reboot -f"
+run_case bzimage /x/vmmctl run --kernel $B --initrd $I --cpus 1 --memory 256 --boot-timer --cmdline "$CMD"
+run_case console-file /x/vmmctl run --kernel $K --initrd $I --console file:/tmp/guest-console.log --cmdline "$CMD -- echo to-the-file"
+echo "=== case console-file-contents begin"; cat /tmp/guest-console.log; echo "=== case console-file-contents end exit=0"
+run_case bench /x/vmmctl bench boot --runs 3 --kernel $K --initrd $I
+exit 0
+"#
+    )
+}
+
+/// Splits the console into case name -> (output, exit status).
+fn parse_cases(console: &str) -> BTreeMap<String, (String, i32)> {
+    let mut cases = BTreeMap::new();
+    let mut current: Option<(String, String)> = None;
+    for line in console.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(name) = line.strip_prefix("=== case ").and_then(|l| l.strip_suffix(" begin")) {
+            current = Some((name.to_string(), String::new()));
+        } else if let Some(rest) = line.strip_prefix("=== case ") {
+            if let Some((name, exit)) = rest.split_once(" end exit=") {
+                if let Some((cur, out)) = current.take() {
+                    assert_eq!(cur, name);
+                    cases.insert(cur, (out, exit.trim().parse().unwrap_or(-1)));
+                }
+            }
+        } else if let Some((_, out)) = current.as_mut() {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    cases
+}
+
+fn float_after(text: &str, key: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn vmmctl_boots_linux_in_the_nested_test_host() {
+    let kernel_dir = PathBuf::from(script_output("resources/guest-kernel/build.sh", &[]));
+    let payload = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmm-nested-payload").unwrap();
+    let p = payload.as_path();
+    std::fs::copy(kernel_dir.join("vmlinux"), p.join("vmlinux")).unwrap();
+    std::fs::copy(kernel_dir.join("bzImage"), p.join("bzImage")).unwrap();
+    std::fs::copy(env!("CARGO_BIN_EXE_vmmctl"), p.join("vmmctl")).unwrap();
+    let initramfs = p.join("initramfs.cpio.gz");
+    script_output("resources/initramfs/build.sh", &[initramfs.to_str().unwrap()]);
+    let script_path = p.join("..").join(format!("nested-script-{}.sh", std::process::id()));
+    std::fs::write(&script_path, script()).unwrap();
+
+    let out = Command::new(repo_root().join("resources/testhost/run"))
+        .arg(p)
+        .arg(&script_path)
+        .output()
+        .expect("resources/testhost/run starts");
+    let _ = std::fs::remove_file(&script_path);
+    let console = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("{console}");
+    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(out.status.code(), Some(125), "the QEMU test host froze twice (infrastructure)");
+    assert!(out.status.success(), "test host script failed: {:?}", out.status);
+    let cases = parse_cases(&console);
+
+    let case = |name: &str| -> &(String, i32) {
+        cases.get(name).unwrap_or_else(|| panic!("case {name} missing from the console"))
+    };
+
+    let (info, rc) = case("kvm-info");
+    assert_eq!(*rc, 0, "{info}");
+    assert!(info.contains("hardware (AMD SVM)"), "{info}");
+    assert!(info.contains("standard guests:   can boot"), "{info}");
+
+    let (boot1, rc) = case("boot-1cpu");
+    assert_eq!(*rc, 0, "1-vCPU boot must end with status 0 after poweroff -f:\n{boot1}");
+    assert!(boot1.contains("vmm-guest: init reached"), "{boot1}");
+    assert!(boot1.contains("vmm-guest: cpus=1"), "{boot1}");
+    assert!(boot1.contains("hello-from-guest"), "{boot1}");
+    assert!(boot1.contains("vmm-guest: command exit=0"), "{boot1}");
+    let boot_ms = float_after(boot1, "boot-time-ms:").expect("boot-time-ms printed");
+    assert!(boot_ms > 0.0 && boot_ms < 120_000.0, "{boot_ms}");
+    let setup_ms = float_after(boot1, "vmm-setup-ms:").expect("vmm-setup-ms printed");
+    assert!(setup_ms > 0.0 && setup_ms < boot_ms, "setup {setup_ms} vs boot {boot_ms}");
+
+    let (boot2, rc) = case("boot-2cpu");
+    assert_eq!(*rc, 0, "{boot2}");
+    assert!(boot2.contains("vmm-guest: cpus=2"), "both vCPUs online:\n{boot2}");
+    assert!(float_after(boot2, "boot-time-ms:").is_some(), "{boot2}");
+
+    let (reboot, rc) = case("reboot");
+    assert_eq!(*rc, 0, "reboot -f must end vmmctl with status 0:\n{reboot}");
+    assert!(reboot.contains("vmm-guest: init reached"), "{reboot}");
+    assert!(!reboot.contains("vmm-guest: command exit="), "reboot -f does not return:\n{reboot}");
+
+    let (bz, rc) = case("bzimage");
+    assert_eq!(*rc, 0, "{bz}");
+    assert!(bz.contains("vmm-guest: init reached"), "{bz}");
+
+    let (file_run, rc) = case("console-file");
+    assert_eq!(*rc, 0, "{file_run}");
+    assert!(!file_run.contains("to-the-file"), "console went to the file, not stdout");
+    let (contents, _) = case("console-file-contents");
+    assert!(contents.contains("to-the-file"), "{contents}");
+
+    let (bench, rc) = case("bench");
+    assert_eq!(*rc, 0, "{bench}");
+    assert!(bench.contains("first-instruction-ms"), "{bench}");
+    assert!(bench.contains("linux-init-ms (VM build -> guest init"), "{bench}");
+    assert!(bench.contains("vmm-rss-mib"), "{bench}");
+}
+
+#[test]
+fn case_parser_splits_console() {
+    let c = parse_cases("noise\n=== case a begin\nx\ny\n=== case a end exit=3\n=== case b begin\n=== case b end exit=0\n");
+    assert_eq!(c["a"], ("x\ny\n".to_string(), 3));
+    assert_eq!(c["b"], (String::new(), 0));
+    assert_eq!(float_after("boot-time-ms: 12.5\n", "boot-time-ms:"), Some(12.5));
+}
