@@ -1,0 +1,1 @@
+//! aarch64 guest boot (in progress).
