@@ -54,6 +54,13 @@ pub struct LaunchOptions {
 pub fn open_kvm(force: bool) -> Result<(Kvm, KvmInfo), LaunchError> {
     let kvm = Kvm::new().map_err(LaunchError::Kvm)?;
     let info = KvmInfo::probe(&kvm);
+    check_backend(&info, force)?;
+    Ok((kvm, info))
+}
+
+/// Refuses backends that lack required capabilities, and PVM (which cannot
+/// boot a standard kernel) unless `force`.
+pub fn check_backend(info: &KvmInfo, force: bool) -> Result<(), LaunchError> {
     let missing = info.missing_required();
     if !missing.is_empty() {
         return Err(LaunchError::MissingCapabilities(missing.join(", ")));
@@ -74,7 +81,7 @@ pub fn open_kvm(force: bool) -> Result<(Kvm, KvmInfo), LaunchError> {
             tracing::warn!(backend = %info.backend, "{}", info.backend.explanation());
         }
     }
-    Ok((kvm, info))
+    Ok(())
 }
 
 /// Boots `config`, runs it to its end, prints timing lines, and returns the
@@ -85,9 +92,10 @@ pub fn run(
     options: LaunchOptions,
 ) -> Result<ExitReason, LaunchError> {
     let build_start = Instant::now();
-    let (kvm, _info) = open_kvm(options.force)?;
-    let limits = HostLimits::probe(&kvm)?;
-    let config = config.validate(&limits)?;
+    let kvm = Kvm::new().map_err(LaunchError::Kvm)?;
+    // Input errors first: they are the user's to fix whatever the host.
+    let config = config.validate(&HostLimits::probe(&kvm)?)?;
+    check_backend(&KvmInfo::probe(&kvm), options.force)?;
     let mut vm_options = VmOptions {
         build_start,
         ..Default::default()

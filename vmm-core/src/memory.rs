@@ -11,7 +11,7 @@ use std::os::fd::FromRawFd;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::VmFd;
 use vm_memory::{
-    Address, FileOffset, GuestAddress, GuestMemory, GuestMemoryRegion, MmapRegion,
+    Address, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryRegion, MmapRegion,
 };
 
 /// The guest memory type used throughout the VMM.

@@ -70,7 +70,7 @@ pub enum VmError {
         /// Its path.
         path: String,
         /// The error.
-        source: boot::x86_64::kernel::InitrdError,
+        source: boot::x86_64::InitrdError,
     },
     /// Writing boot structures failed.
     #[error("cannot write boot structures: {0}")]
@@ -211,7 +211,7 @@ impl Vm {
             },
         )?;
         let cr3 = arch_boot::setup_page_tables(&memory)?;
-        arch_boot::setup_gdt_idt(&memory)?;
+        arch_boot::setup_gdt_idt(&memory, kernel.protocol)?;
 
         let reset_evt = new_eventfd("reset")?;
         let power_off_evt = new_eventfd("power-off")?;
@@ -352,7 +352,7 @@ fn load_initrd(
     memory: &GuestMemoryMmap,
     cfg: &crate::config::VmConfig,
     kernel: &arch_boot::kernel::LoadedKernel,
-) -> Result<Option<arch_boot::kernel::InitrdRegion>, VmError> {
+) -> Result<Option<arch_boot::InitrdRegion>, VmError> {
     let Some(path) = &cfg.initrd else {
         return Ok(None);
     };
@@ -362,7 +362,7 @@ fn load_initrd(
         path: shown.clone(),
         source,
     })?;
-    arch_boot::kernel::load_initrd(memory, &mut file, kernel.kernel_end)
+    arch_boot::load_initrd(memory, &mut file, kernel.kernel_end)
         .map(Some)
         .map_err(|source| VmError::Initrd {
             path: shown,
@@ -414,18 +414,18 @@ fn create_devices(
             message: e.to_string(),
         })?,
     ));
-    pio.insert(serial.clone(), layout::SERIAL_COM1_PORT, 8)
+    pio.insert(serial.clone(), u64::from(layout::SERIAL_COM1_PORT), devices::serial::SERIAL_PORT_COUNT)
         .map_err(|e| device_err("serial")(e.to_string()))?;
 
     let i8042 = Arc::new(Mutex::new(I8042::new(clone(reset_evt, "i8042")?)));
-    pio.insert(i8042, layout::I8042_PORT, layout::I8042_PORT_LEN)
+    pio.insert(i8042, u64::from(layout::I8042_PORT), u64::from(layout::I8042_PORT_LEN))
         .map_err(|e| device_err("i8042")(e.to_string()))?;
 
     let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(
         clone(power_off_evt, "ACPI PM")?,
         clone(reset_evt, "ACPI PM")?,
     )));
-    pio.insert(acpi_pm, layout::ACPI_PM_SLEEP_CONTROL_PORT, 3)
+    pio.insert(acpi_pm, u64::from(layout::ACPI_PM_SLEEP_CONTROL_PORT), devices::acpi_pm::ACPI_PM_PORT_COUNT)
         .map_err(|e| device_err("ACPI PM")(e.to_string()))?;
 
     let debug_port = Arc::new(Mutex::new(DebugPort::new(options.build_start)));
