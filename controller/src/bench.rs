@@ -11,8 +11,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kvm_ioctls::Kvm;
-use vmm_core::{ConsoleConfig, HostLimits, Vm, VmConfig, VmOptions};
+use vmm_core::{ConsoleConfig, HostLimits, Hypervisor, Vm, VmConfig, VmOptions};
 
 use crate::launch::{open_kvm, LaunchError};
 use crate::stats::{summarize, Summary};
@@ -79,8 +78,8 @@ pub enum BenchError {
 /// Runs the benchmark, printing progress to stderr.
 pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
     // (a) runs on any backend: open KVM without the standard-guest check.
-    let (kvm, info) = open_kvm(true)?;
-    let limits = HostLimits::probe(&kvm).map_err(LaunchError::from)?;
+    let (hypervisor, info) = open_kvm(true)?;
+    let limits = HostLimits::probe(hypervisor.kvm()).map_err(LaunchError::from)?;
     let rss_baseline = vmm_core::metrics::rss_excluding(&[])?;
 
     let guest = vmm_sys_util::tempfile::TempFile::new_with_prefix("/tmp/vmm-bench-guest")
@@ -100,7 +99,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
     let mut first_instruction = Vec::with_capacity(cfg.runs);
     let mut rss_with_vm = 0u64;
     for run in 0..cfg.runs {
-        let (ms, rss) = first_instruction_run(&kvm, &synthetic_config)
+        let (ms, rss) = first_instruction_run(&hypervisor, &synthetic_config)
             .map_err(|message| BenchError::Run { run, message })?;
         first_instruction.push(ms);
         rss_with_vm = rss_with_vm.max(rss);
@@ -130,7 +129,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
             .map_err(LaunchError::from)?;
             let mut samples = Vec::with_capacity(cfg.runs);
             for run in 0..cfg.runs {
-                let (ms, rss) = linux_init_run(&kvm, &config, cfg.timeout)
+                let (ms, rss) = linux_init_run(&hypervisor, &config, cfg.timeout)
                     .map_err(|message| BenchError::Run { run, message })?;
                 samples.push(ms);
                 rss_with_vm = rss_with_vm.max(rss);
@@ -157,14 +156,14 @@ fn progress(what: &str, run: usize, runs: usize) {
 
 /// One synthetic run: (ms from build start to the port-0x80 write, RSS).
 fn first_instruction_run(
-    kvm: &Kvm,
+    hypervisor: &Hypervisor,
     config: &vmm_core::ValidatedConfig,
 ) -> Result<(f64, u64), String> {
     let options = VmOptions {
         build_start: Instant::now(),
         ..Default::default()
     };
-    let vm = Vm::build(kvm, config, options).map_err(|e| e.to_string())?;
+    let vm = Vm::build(hypervisor, config, options).map_err(|e| e.to_string())?;
     let mut running = vm.start().map_err(|e| e.to_string())?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let first = loop {
@@ -193,7 +192,7 @@ fn first_instruction_run(
 
 /// One Linux run: (ms from build start to the boot-timer write, RSS).
 fn linux_init_run(
-    kvm: &Kvm,
+    hypervisor: &Hypervisor,
     config: &vmm_core::ValidatedConfig,
     timeout: Duration,
 ) -> Result<(f64, u64), String> {
@@ -205,7 +204,7 @@ fn linux_init_run(
         })),
         ..Default::default()
     };
-    let vm = Vm::build(kvm, config, options).map_err(|e| e.to_string())?;
+    let vm = Vm::build(hypervisor, config, options).map_err(|e| e.to_string())?;
     let mut running = vm.start().map_err(|e| e.to_string())?;
     let stamp = match rx.recv_timeout(timeout) {
         Ok(stamp) => stamp,

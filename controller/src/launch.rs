@@ -4,7 +4,9 @@
 use std::time::Instant;
 
 use kvm_ioctls::Kvm;
-use vmm_core::{BackendKind, ExitReason, HostLimits, KvmInfo, RunningVm, Vm, VmConfig, VmOptions};
+use vmm_core::{
+    BackendKind, ExitReason, HostLimits, Hypervisor, KvmInfo, RunningVm, Vm, VmConfig, VmOptions,
+};
 
 /// Command line used when the user gives none: serial console, reboot via
 /// the keyboard controller, no i8042 probing delays, no module loading.
@@ -51,11 +53,11 @@ pub struct LaunchOptions {
 }
 
 /// Opens KVM and checks the backend and capabilities.
-pub fn open_kvm(force: bool) -> Result<(Kvm, KvmInfo), LaunchError> {
+pub fn open_kvm(force: bool) -> Result<(Hypervisor, KvmInfo), LaunchError> {
     let kvm = Kvm::new().map_err(LaunchError::Kvm)?;
     let info = KvmInfo::probe(&kvm);
     check_backend(&info, force)?;
-    Ok((kvm, info))
+    Ok((Hypervisor::from_kvm(kvm).map_err(LaunchError::Kvm)?, info))
 }
 
 /// Refuses backends that lack required capabilities, and PVM (which cannot
@@ -96,6 +98,7 @@ pub fn run(
     // Input errors first: they are the user's to fix whatever the host.
     let config = config.validate(&HostLimits::probe(&kvm)?)?;
     check_backend(&KvmInfo::probe(&kvm), options.force)?;
+    let hypervisor = Hypervisor::from_kvm(kvm).map_err(LaunchError::Kvm)?;
     let mut vm_options = VmOptions {
         build_start,
         ..Default::default()
@@ -108,7 +111,7 @@ pub fn run(
             eprintln!("boot-cpu-ms: {:.3}", t.process_cpu.as_secs_f64() * 1000.0);
         }));
     }
-    let vm = Vm::build(&kvm, &config, vm_options)?;
+    let vm = Vm::build(&hypervisor, &config, vm_options)?;
     let mut running = vm.start()?;
     let reason = running.wait();
     if options.boot_timer {

@@ -9,18 +9,19 @@ use std::time::{Duration, Instant};
 
 use controller::synthetic;
 use devices::{BusDevice, ConsoleOutput};
-use kvm_ioctls::Kvm;
-use vmm_core::{ConsoleConfig, ExtraDevice, HostLimits, RunningVm, Vm, VmConfig, VmOptions};
+use vmm_core::{
+    ConsoleConfig, ExtraDevice, HostLimits, Hypervisor, RunningVm, Vm, VmConfig, VmOptions,
+};
 
 /// Opens /dev/kvm, or prints a named skip line and returns None when the
 /// host has no KVM at all (the Makefile counts these lines and reports them).
-pub fn kvm_or_skip(test: &str) -> Option<Kvm> {
+pub fn kvm_or_skip(test: &str) -> Option<Hypervisor> {
     if !Path::new("/dev/kvm").exists() {
         println!("SKIPPED {test}: /dev/kvm is not present on this host");
         eprintln!("SKIPPED {test}: /dev/kvm is not present on this host");
         return None;
     }
-    Some(Kvm::new().expect("/dev/kvm exists but cannot be opened"))
+    Some(Hypervisor::open().expect("/dev/kvm exists but cannot be opened"))
 }
 
 /// Collects 32-bit values a synthetic guest reports on its report port.
@@ -54,7 +55,7 @@ pub struct Synthetic {
 }
 
 /// Builds a VM that runs `code` as its kernel.
-pub fn synthetic_vm(kvm: &Kvm, code: &[u8], vcpus: u32, start_all_vcpus: bool) -> Synthetic {
+pub fn synthetic_vm(kvm: &Hypervisor, code: &[u8], vcpus: u32, start_all_vcpus: bool) -> Synthetic {
     let image = vmm_sys_util::tempfile::TempFile::new_with_prefix("/tmp/vmm-synthetic").unwrap();
     image
         .as_file()
@@ -68,7 +69,7 @@ pub fn synthetic_vm(kvm: &Kvm, code: &[u8], vcpus: u32, start_all_vcpus: bool) -
         cmdline: "synthetic".into(),
         console: ConsoleConfig::None,
     }
-    .validate(&HostLimits::probe(kvm).unwrap())
+    .validate(&HostLimits::probe(kvm.kvm()).unwrap())
     .unwrap();
     let reports = Arc::new(Mutex::new(Reports::default()));
     let console = Arc::new(Mutex::new(Vec::new()));

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use boot::x86_64 as arch_boot;
 use boot::x86_64::layout;
 use devices::{AcpiPm, BootTimer, BootTimestamp, Bus, BusDevice, ConsoleOutput, DebugPort, I8042, Serial};
-use kvm_bindings::{kvm_mp_state, kvm_pit_config, KVM_MAX_CPUID_ENTRIES, KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_mp_state, kvm_pit_config, KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
@@ -23,6 +23,7 @@ use crate::config::{ConsoleConfig, ValidatedConfig};
 use crate::cpuid::{self, CpuidParams};
 use crate::events::{EventLoop, EventLoopHandle};
 use crate::exit::{ExitLatch, ExitReason};
+use crate::hypervisor::Hypervisor;
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vcpu::{self, Desired, ExitStats, RunControl, Vcpu, VcpuContext};
 use crate::x86_64::{self as arch, ArchError};
@@ -178,7 +179,12 @@ pub struct Vm {
 
 impl Vm {
     /// Builds a VM: everything up to, not including, running vCPUs.
-    pub fn build(kvm: &Kvm, config: &ValidatedConfig, mut options: VmOptions) -> Result<Vm, VmError> {
+    pub fn build(
+        hypervisor: &Hypervisor,
+        config: &ValidatedConfig,
+        mut options: VmOptions,
+    ) -> Result<Vm, VmError> {
+        let kvm = hypervisor.kvm();
         let cfg = config.get();
         let span = tracing::info_span!("vm_build", vcpus = cfg.vcpus, memory_mib = cfg.memory_mib);
         let _enter = span.enter();
@@ -187,9 +193,19 @@ impl Vm {
             message: e.to_string(),
         })?;
 
+        let build_start = options.build_start;
+        let phase = |name: &str| {
+            tracing::debug!(
+                phase = name,
+                elapsed_us = build_start.elapsed().as_micros() as u64,
+                "build phase done"
+            )
+        };
         let vm_fd = create_kvm_vm(kvm)?;
+        phase("kvm vm + irqchip + pit");
         let memory = memory::create_guest_memory(config.memory_bytes())?;
         memory::register_guest_memory(&vm_fd, &memory)?;
+        phase("guest memory");
 
         let kernel = load_kernel(&memory, cfg)?;
         let initrd = load_initrd(&memory, cfg, &kernel)?;
@@ -212,6 +228,7 @@ impl Vm {
         )?;
         let cr3 = arch_boot::setup_page_tables(&memory)?;
         arch_boot::setup_gdt_idt(&memory, kernel.protocol)?;
+        phase("kernel, initrd and boot structures");
 
         let reset_evt = new_eventfd("reset")?;
         let power_off_evt = new_eventfd("power-off")?;
@@ -232,7 +249,8 @@ impl Vm {
             &mut options,
         )?;
 
-        let vcpus = create_vcpus(kvm, &vm_fd, vcpu_count, &kernel, cr3, options.start_all_vcpus)?;
+        phase("devices");
+        let vcpus = create_vcpus(hypervisor, &vm_fd, vcpu_count, &kernel, cr3, options.start_all_vcpus)?;
         tracing::info!(
             elapsed_us = options.build_start.elapsed().as_micros() as u64,
             "VM built"
@@ -464,20 +482,15 @@ fn create_devices(
 }
 
 fn create_vcpus(
-    kvm: &Kvm,
+    hypervisor: &Hypervisor,
     vm_fd: &VmFd,
     count: u8,
     kernel: &arch_boot::kernel::LoadedKernel,
     cr3: vm_memory::GuestAddress,
     start_all: bool,
 ) -> Result<Vec<Vcpu>, VmError> {
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(kvm_err("KVM_GET_SUPPORTED_CPUID"))?;
-    let msr_list: Vec<u32> = kvm
-        .get_msr_index_list()
-        .map(|l| l.as_slice().to_vec())
-        .unwrap_or_default();
+    let supported = hypervisor.supported_cpuid();
+    let msr_list = hypervisor.msr_index_list();
     let regs = arch_boot::boot_regs(kernel);
     let mut vcpus = Vec::with_capacity(usize::from(count));
     for index in 0..count {
@@ -499,7 +512,7 @@ fn create_vcpus(
             },
         );
         fd.set_cpuid2(&cpuid).map_err(kvm_err("KVM_SET_CPUID2"))?;
-        arch::setup_msrs(&fd, &msr_list).map_err(arch)?;
+        arch::setup_msrs(&fd, msr_list).map_err(arch)?;
         fd.set_regs(&regs).map_err(kvm_err("KVM_SET_REGS"))?;
         let mut sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
         arch_boot::boot_sregs(&mut sregs, kernel.protocol, cr3);
