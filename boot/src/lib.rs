@@ -13,6 +13,8 @@
 //! `vm-memory` and describes register state with `kvm-bindings` types; the
 //! VMM applies it.
 
+#![warn(missing_docs)]
+
 #[cfg(target_arch = "x86_64")]
 pub mod x86_64;
 

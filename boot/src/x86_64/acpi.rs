@@ -102,63 +102,121 @@ impl Gas {
 }
 
 /// Fixed ACPI Description Table body (after the header), revision 6.
+///
+/// Field names follow the ACPI 6.5 specification (table 5.9); everything a
+/// HW-reduced platform does not have is zero.
 #[repr(C, packed)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct FadtBody {
+    /// 32-bit FACS address (none: HW-reduced).
     pub firmware_ctrl: u32,
+    /// 32-bit DSDT address (unused: `x_dsdt` is set).
     pub dsdt: u32,
+    /// Reserved (ACPI 1.0 INT_MODEL).
     pub reserved0: u8,
+    /// Preferred power management profile (0: unspecified).
     pub preferred_pm_profile: u8,
+    /// SCI interrupt (none: HW-reduced).
     pub sci_int: u16,
+    /// SMI command port (none).
     pub smi_cmd: u32,
+    /// Value written to SMI_CMD to enable ACPI (none).
     pub acpi_enable: u8,
+    /// Value written to SMI_CMD to disable ACPI (none).
     pub acpi_disable: u8,
+    /// Value written to SMI_CMD for S4BIOS (none).
     pub s4bios_req: u8,
+    /// Value written to SMI_CMD for P-state control (none).
     pub pstate_cnt: u8,
+    /// PM1a event block port (none).
     pub pm1a_evt_blk: u32,
+    /// PM1b event block port (none).
     pub pm1b_evt_blk: u32,
+    /// PM1a control block port (none).
     pub pm1a_cnt_blk: u32,
+    /// PM1b control block port (none).
     pub pm1b_cnt_blk: u32,
+    /// PM2 control block port (none).
     pub pm2_cnt_blk: u32,
+    /// PM timer block port (none).
     pub pm_tmr_blk: u32,
+    /// GPE0 block port (none).
     pub gpe0_blk: u32,
+    /// GPE1 block port (none).
     pub gpe1_blk: u32,
+    /// PM1 event block length.
     pub pm1_evt_len: u8,
+    /// PM1 control block length.
     pub pm1_cnt_len: u8,
+    /// PM2 control block length.
     pub pm2_cnt_len: u8,
+    /// PM timer block length.
     pub pm_tmr_len: u8,
+    /// GPE0 block length.
     pub gpe0_blk_len: u8,
+    /// GPE1 block length.
     pub gpe1_blk_len: u8,
+    /// First GPE1 event number.
     pub gpe1_base: u8,
+    /// Value written to SMI_CMD for _CST support (none).
     pub cst_cnt: u8,
+    /// C2 latency.
     pub p_lvl2_lat: u16,
+    /// C3 latency.
     pub p_lvl3_lat: u16,
+    /// Cache flush size (legacy).
     pub flush_size: u16,
+    /// Cache flush stride (legacy).
     pub flush_stride: u16,
+    /// Duty cycle offset in P_CNT.
     pub duty_offset: u8,
+    /// Duty cycle width in P_CNT.
     pub duty_width: u8,
+    /// RTC day-of-month alarm index.
     pub day_alrm: u8,
+    /// RTC month alarm index.
     pub mon_alrm: u8,
+    /// RTC century index.
     pub century: u8,
+    /// IA-PC boot architecture flags (`IAPC_*`).
     pub iapc_boot_arch: u16,
+    /// Reserved.
     pub reserved1: u8,
+    /// Fixed feature flags (`FADT_*`).
     pub flags: u32,
+    /// Reset register.
     pub reset_reg: Gas,
+    /// Value to write to the reset register.
     pub reset_value: u8,
+    /// ARM boot architecture flags.
     pub arm_boot_arch: u16,
+    /// FADT minor version.
     pub minor_version: u8,
+    /// 64-bit FACS address (none).
     pub x_firmware_ctrl: u64,
+    /// 64-bit DSDT address.
     pub x_dsdt: u64,
+    /// PM1a event block (none).
     pub x_pm1a_evt_blk: Gas,
+    /// PM1b event block (none).
     pub x_pm1b_evt_blk: Gas,
+    /// PM1a control block (none).
     pub x_pm1a_cnt_blk: Gas,
+    /// PM1b control block (none).
     pub x_pm1b_cnt_blk: Gas,
+    /// PM2 control block (none).
     pub x_pm2_cnt_blk: Gas,
+    /// PM timer block (none).
     pub x_pm_tmr_blk: Gas,
+    /// GPE0 block (none).
     pub x_gpe0_blk: Gas,
+    /// GPE1 block (none).
     pub x_gpe1_blk: Gas,
+    /// HW-reduced sleep control register.
     pub sleep_control_reg: Gas,
+    /// HW-reduced sleep status register.
     pub sleep_status_reg: Gas,
+    /// Hypervisor vendor identity.
     pub hypervisor_vendor_id: [u8; 8],
 }
 

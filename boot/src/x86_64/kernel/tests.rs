@@ -399,3 +399,24 @@ fn real_vmlinux_if_provided() {
     assert!(kernel.entry.0 >= crate::x86_64::layout::HIMEM_START);
     assert!(kernel.entry.0 < kernel.kernel_end.0);
 }
+
+#[test]
+fn real_bzimage_if_provided() {
+    let Some(path) = std::env::var_os("VMM_TEST_BZIMAGE") else {
+        println!("skipped: VMM_TEST_BZIMAGE not set");
+        return;
+    };
+    let mem = test_memory(512 * MIB);
+    let mut file = std::fs::File::open(&path).unwrap();
+    let kernel = load_kernel(&mem, &mut file).unwrap();
+    let header = kernel.setup_header.expect("bzImage without setup header");
+    println!(
+        "{path:?}: protocol {:#x} entry {:#x} end {:#x}",
+        { header.version },
+        kernel.entry.0,
+        kernel.kernel_end.0
+    );
+    assert_eq!(kernel.protocol, BootProtocol::Linux64);
+    assert_eq!(kernel.entry.0, u64::from(header.code32_start) + 0x200);
+    assert!(kernel.cmdline_max > 256 && kernel.cmdline_max <= CMDLINE_MAX_SIZE);
+}
