@@ -41,7 +41,7 @@ CMD="{GUEST_CMDLINE}"
 run_case() {{
     name=$1; shift
     echo "=== case $name begin"
-    timeout 180 "$@" </dev/null >/tmp/case.out 2>&1
+    timeout 90 "$@" </dev/null >/tmp/case.out 2>&1
     rc=$?
     cat /tmp/case.out
     echo "=== case $name end exit=$rc"

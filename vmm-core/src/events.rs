@@ -80,8 +80,10 @@ impl ConsoleInput {
 
 impl MutEventSubscriber for ConsoleInput {
     fn init(&mut self, ops: &mut EventOps) {
+        // stdin may be /dev/null or a regular file, which epoll refuses
+        // (EPERM): then there simply is no console input.
         if let Err(e) = ops.add(Events::new_raw(STDIN, EventSet::IN)) {
-            tracing::warn!("stdin cannot be watched, console input disabled: {e}");
+            tracing::debug!("stdin cannot be watched, console input disabled: {e}");
         }
     }
 
