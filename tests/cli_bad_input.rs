@@ -22,11 +22,22 @@ fn vmmctl(args: &[&str], cwd: &Path) -> Output {
 fn assert_clean_failure(out: &Output, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "expected failure, stderr: {stderr}");
-    assert_ne!(out.status.code(), Some(101), "exit 101 means a panic: {stderr}");
+    assert_ne!(
+        out.status.code(),
+        Some(101),
+        "exit 101 means a panic: {stderr}"
+    );
     assert!(!stderr.contains("panicked"), "panic: {stderr}");
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("vmmctl: error:")).collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.starts_with("vmmctl: error:"))
+        .collect();
     assert_eq!(errors.len(), 1, "exactly one error line: {stderr}");
-    assert!(errors[0].contains(needle), "error line {:?} should mention {needle:?}", errors[0]);
+    assert!(
+        errors[0].contains(needle),
+        "error line {:?} should mention {needle:?}",
+        errors[0]
+    );
 }
 
 struct Scratch {
@@ -44,7 +55,10 @@ impl Scratch {
     }
     fn file(&self, name: &str, contents: &[u8]) -> PathBuf {
         let p = self.path().join(name);
-        std::fs::File::create(&p).unwrap().write_all(contents).unwrap();
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(contents)
+            .unwrap();
         p
     }
     fn entries(&self) -> Vec<String> {
@@ -74,7 +88,10 @@ fn force() -> &'static str {
 #[test]
 fn missing_kernel() {
     let s = Scratch::new();
-    let out = vmmctl(&["run", "--kernel", "/nonexistent/vmlinux", force()], s.path());
+    let out = vmmctl(
+        &["run", "--kernel", "/nonexistent/vmlinux", force()],
+        s.path(),
+    );
     assert_clean_failure(&out, "/nonexistent/vmlinux");
     assert!(s.entries().is_empty());
 }
@@ -83,12 +100,39 @@ fn missing_kernel() {
 fn corrupt_kernel() {
     let s = Scratch::new();
     let k = s.file("garbage", &[0x5a; 8192]);
-    let out = vmmctl(&["run", "--kernel", k.to_str().unwrap(), "--console", "none", force()], s.path());
+    let out = vmmctl(
+        &[
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--console",
+            "none",
+            force(),
+        ],
+        s.path(),
+    );
     assert_clean_failure(&out, "kernel");
-    let truncated = s.file("truncated-elf", &controller::synthetic::elf_image(&[0xf4])[..100]);
-    let out = vmmctl(&["run", "--kernel", truncated.to_str().unwrap(), "--console", "none", force()], s.path());
+    let truncated = s.file(
+        "truncated-elf",
+        &controller::synthetic::elf_image(&[0xf4])[..100],
+    );
+    let out = vmmctl(
+        &[
+            "run",
+            "--kernel",
+            truncated.to_str().unwrap(),
+            "--console",
+            "none",
+            force(),
+        ],
+        s.path(),
+    );
     assert_clean_failure(&out, "kernel");
-    assert_eq!(s.entries(), vec!["garbage", "truncated-elf"], "no leftover files");
+    assert_eq!(
+        s.entries(),
+        vec!["garbage", "truncated-elf"],
+        "no leftover files"
+    );
 }
 
 #[test]
@@ -108,8 +152,16 @@ fn initrd_larger_than_memory() {
     f.set_len(64 << 20).unwrap(); // sparse: 64 MiB initrd for a 32 MiB guest
     let out = vmmctl(
         &[
-            "run", "--kernel", k.to_str().unwrap(), "--initrd", initrd.to_str().unwrap(),
-            "--memory", "32", "--console", "none", force(),
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--memory",
+            "32",
+            "--console",
+            "none",
+            force(),
         ],
         s.path(),
     );
@@ -121,7 +173,17 @@ fn command_line_too_long() {
     let s = Scratch::new();
     let k = good_kernel(&s);
     let long = "x".repeat(5000);
-    let out = vmmctl(&["run", "--kernel", k.to_str().unwrap(), "--cmdline", &long, force()], s.path());
+    let out = vmmctl(
+        &[
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--cmdline",
+            &long,
+            force(),
+        ],
+        s.path(),
+    );
     assert_clean_failure(&out, "command line");
 }
 
@@ -129,7 +191,17 @@ fn command_line_too_long() {
 fn zero_vcpus() {
     let s = Scratch::new();
     let k = good_kernel(&s);
-    let out = vmmctl(&["run", "--kernel", k.to_str().unwrap(), "--cpus", "0", force()], s.path());
+    let out = vmmctl(
+        &[
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--cpus",
+            "0",
+            force(),
+        ],
+        s.path(),
+    );
     assert_clean_failure(&out, "vCPU");
 }
 
@@ -137,7 +209,17 @@ fn zero_vcpus() {
 fn more_vcpus_than_kvm_allows() {
     let s = Scratch::new();
     let k = good_kernel(&s);
-    let out = vmmctl(&["run", "--kernel", k.to_str().unwrap(), "--cpus", "100000", force()], s.path());
+    let out = vmmctl(
+        &[
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--cpus",
+            "100000",
+            force(),
+        ],
+        s.path(),
+    );
     assert_clean_failure(&out, "vCPUs requested");
 }
 
@@ -145,7 +227,17 @@ fn more_vcpus_than_kvm_allows() {
 fn zero_memory() {
     let s = Scratch::new();
     let k = good_kernel(&s);
-    let out = vmmctl(&["run", "--kernel", k.to_str().unwrap(), "--memory", "0", force()], s.path());
+    let out = vmmctl(
+        &[
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--memory",
+            "0",
+            force(),
+        ],
+        s.path(),
+    );
     assert_clean_failure(&out, "memory");
 }
 
@@ -153,7 +245,17 @@ fn zero_memory() {
 fn memory_larger_than_the_host() {
     let s = Scratch::new();
     let k = good_kernel(&s);
-    let out = vmmctl(&["run", "--kernel", k.to_str().unwrap(), "--memory", "100000000", force()], s.path());
+    let out = vmmctl(
+        &[
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--memory",
+            "100000000",
+            force(),
+        ],
+        s.path(),
+    );
     assert_clean_failure(&out, "exceeds this host");
 }
 
@@ -161,7 +263,10 @@ fn memory_larger_than_the_host() {
 fn bad_console_argument() {
     let s = Scratch::new();
     let k = good_kernel(&s);
-    let out = vmmctl(&["run", "--kernel", k.to_str().unwrap(), "--console", "tcp:1"], s.path());
+    let out = vmmctl(
+        &["run", "--kernel", k.to_str().unwrap(), "--console", "tcp:1"],
+        s.path(),
+    );
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("invalid console"));
 }
@@ -171,7 +276,14 @@ fn console_file_that_cannot_be_created() {
     let s = Scratch::new();
     let k = good_kernel(&s);
     let out = vmmctl(
-        &["run", "--kernel", k.to_str().unwrap(), "--console", "file:/nonexistent-dir/console.log", force()],
+        &[
+            "run",
+            "--kernel",
+            k.to_str().unwrap(),
+            "--console",
+            "file:/nonexistent-dir/console.log",
+            force(),
+        ],
         s.path(),
     );
     assert_clean_failure(&out, "console");
@@ -182,14 +294,24 @@ fn help_explains_the_options() {
     let out = vmmctl(&["run", "--help"], Path::new("/"));
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--kernel", "--initrd", "--cmdline", "--cpus", "--memory", "--console", "--boot-timer"] {
+    for flag in [
+        "--kernel",
+        "--initrd",
+        "--cmdline",
+        "--cpus",
+        "--memory",
+        "--console",
+        "--boot-timer",
+    ] {
         assert!(help.contains(flag), "{flag} missing from help");
     }
 }
 
 #[test]
 fn kvm_info_reports_backend_and_whether_standard_guests_boot() {
-    let Some(_kvm) = common::kvm_or_skip("kvm_info_reports_backend_and_whether_standard_guests_boot") else {
+    let Some(_kvm) =
+        common::kvm_or_skip("kvm_info_reports_backend_and_whether_standard_guests_boot")
+    else {
         return;
     };
     let out = vmmctl(&["kvm-info"], Path::new("/"));
@@ -211,14 +333,22 @@ fn kvm_info_reports_backend_and_whether_standard_guests_boot() {
 #[test]
 fn run_on_pvm_refuses_a_standard_kernel_with_an_explanation() {
     if !Path::new("/sys/module/kvm_pvm").exists() {
-        println!("SKIPPED run_on_pvm_refuses_a_standard_kernel_with_an_explanation: host KVM is not PVM");
+        println!(
+            "SKIPPED run_on_pvm_refuses_a_standard_kernel_with_an_explanation: host KVM is not PVM"
+        );
         return;
     }
     let s = Scratch::new();
     let k = good_kernel(&s);
     let started = std::time::Instant::now();
-    let out = vmmctl(&["run", "--kernel", k.to_str().unwrap(), "--console", "none"], s.path());
+    let out = vmmctl(
+        &["run", "--kernel", k.to_str().unwrap(), "--console", "none"],
+        s.path(),
+    );
     assert_clean_failure(&out, "PVM");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot boot"));
-    assert!(started.elapsed() < std::time::Duration::from_secs(10), "refuses promptly");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "refuses promptly"
+    );
 }

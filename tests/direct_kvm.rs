@@ -71,7 +71,8 @@ fn guest_command_line_is_in_memory() {
     let code = Asm::new().i8042_reset().halt_forever();
     let s = synthetic_vm(&kvm, code.code(), 1, false);
     let mut buf = [0u8; 10];
-    vm_memory::Bytes::read_slice(s.vm.memory(), &mut buf, vm_memory::GuestAddress(0x20000)).unwrap();
+    vm_memory::Bytes::read_slice(s.vm.memory(), &mut buf, vm_memory::GuestAddress(0x20000))
+        .unwrap();
     assert_eq!(&buf, b"synthetic\0");
 }
 
@@ -110,7 +111,12 @@ fn i8042_reset_ends_the_vm() {
     let Some(kvm) = kvm_or_skip("i8042_reset_ends_the_vm") else {
         return;
     };
-    let s = synthetic_vm(&kvm, Asm::new().i8042_reset().spin_forever().code(), 1, false);
+    let s = synthetic_vm(
+        &kvm,
+        Asm::new().i8042_reset().spin_forever().code(),
+        1,
+        false,
+    );
     let (reason, vm) = run_to_exit(s.vm, TIMEOUT);
     assert_eq!(reason, ExitReason::Reset);
     assert!(reason.is_clean());
@@ -122,7 +128,12 @@ fn triple_fault_ends_the_vm_with_a_recorded_reason() {
     let Some(kvm) = kvm_or_skip("triple_fault_ends_the_vm_with_a_recorded_reason") else {
         return;
     };
-    let s = synthetic_vm(&kvm, Asm::new().triple_fault().halt_forever().code(), 1, false);
+    let s = synthetic_vm(
+        &kvm,
+        Asm::new().triple_fault().halt_forever().code(),
+        1,
+        false,
+    );
     let (reason, _vm) = run_to_exit(s.vm, TIMEOUT);
     // Hardware KVM reports KVM_EXIT_SHUTDOWN; PVM's emulator may instead
     // fail on int3 with an internal error. Either way the VM ends, not clean.
@@ -180,11 +191,18 @@ fn pause_resume_and_stop() {
     let s = synthetic_vm(&kvm, &bytes, 1, false);
     let count = s.reports.lock().unwrap().count.clone();
     let vm = s.vm.start().unwrap();
-    assert!(wait_for(TIMEOUT, || count.load(Ordering::SeqCst) > 100), "guest runs");
+    assert!(
+        wait_for(TIMEOUT, || count.load(Ordering::SeqCst) > 100),
+        "guest runs"
+    );
     vm.pause();
     let paused_at = count.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(count.load(Ordering::SeqCst), paused_at, "no exits while paused");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        paused_at,
+        "no exits while paused"
+    );
     vm.resume();
     assert!(
         wait_for(TIMEOUT, || count.load(Ordering::SeqCst) > paused_at + 100),
@@ -194,7 +212,11 @@ fn pause_resume_and_stop() {
     assert_eq!(vm.stop(), ExitReason::Stopped);
     let stopped_at = count.load(Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(50));
-    assert_eq!(count.load(Ordering::SeqCst), stopped_at, "nothing runs after stop");
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        stopped_at,
+        "nothing runs after stop"
+    );
     let _ = Counter::default();
 }
 
@@ -218,7 +240,11 @@ fn unclaimed_port_and_mmio_accesses_are_answered_and_counted() {
     let (reason, vm) = run_to_exit(s.vm, TIMEOUT);
     assert_eq!(reason, ExitReason::Reset);
     let v = s.reports.lock().unwrap().values.clone();
-    assert_eq!(v, vec![0xffff_ffff, 0], "unclaimed port reads all-ones, MMIO zero");
+    assert_eq!(
+        v,
+        vec![0xffff_ffff, 0],
+        "unclaimed port reads all-ones, MMIO zero"
+    );
     let (pio, mmio, _) = vm.exit_counts();
     assert_eq!(pio, 1, "unclaimed port access counted");
     assert_eq!(mmio, 2, "unclaimed MMIO read and write counted");

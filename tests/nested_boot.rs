@@ -65,7 +65,10 @@ fn parse_cases(console: &str) -> BTreeMap<String, (String, i32)> {
     let mut current: Option<(String, String)> = None;
     for line in console.lines() {
         let line = line.trim_end_matches('\r');
-        if let Some(name) = line.strip_prefix("=== case ").and_then(|l| l.strip_suffix(" begin")) {
+        if let Some(name) = line
+            .strip_prefix("=== case ")
+            .and_then(|l| l.strip_suffix(" begin"))
+        {
             current = Some((name.to_string(), String::new()));
         } else if let Some(rest) = line.strip_prefix("=== case ") {
             if let Some((name, exit)) = rest.split_once(" end exit=") {
@@ -91,14 +94,20 @@ fn float_after(text: &str, key: &str) -> Option<f64> {
 #[test]
 fn vmmctl_boots_linux_in_the_nested_test_host() {
     let kernel_dir = PathBuf::from(script_output("resources/guest-kernel/build.sh", &[]));
-    let payload = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmm-nested-payload").unwrap();
+    let payload =
+        vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmm-nested-payload").unwrap();
     let p = payload.as_path();
     std::fs::copy(kernel_dir.join("vmlinux"), p.join("vmlinux")).unwrap();
     std::fs::copy(kernel_dir.join("bzImage"), p.join("bzImage")).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_vmmctl"), p.join("vmmctl")).unwrap();
     let initramfs = p.join("initramfs.cpio.gz");
-    script_output("resources/initramfs/build.sh", &[initramfs.to_str().unwrap()]);
-    let script_path = p.join("..").join(format!("nested-script-{}.sh", std::process::id()));
+    script_output(
+        "resources/initramfs/build.sh",
+        &[initramfs.to_str().unwrap()],
+    );
+    let script_path = p
+        .join("..")
+        .join(format!("nested-script-{}.sh", std::process::id()));
     std::fs::write(&script_path, script()).unwrap();
 
     let out = Command::new(repo_root().join("resources/testhost/run"))
@@ -110,12 +119,22 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
     let console = String::from_utf8_lossy(&out.stdout).to_string();
     println!("{console}");
     eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert_ne!(out.status.code(), Some(125), "the QEMU test host froze twice (infrastructure)");
-    assert!(out.status.success(), "test host script failed: {:?}", out.status);
+    assert_ne!(
+        out.status.code(),
+        Some(125),
+        "the QEMU test host froze twice (infrastructure)"
+    );
+    assert!(
+        out.status.success(),
+        "test host script failed: {:?}",
+        out.status
+    );
     let cases = parse_cases(&console);
 
     let case = |name: &str| -> &(String, i32) {
-        cases.get(name).unwrap_or_else(|| panic!("case {name} missing from the console"))
+        cases
+            .get(name)
+            .unwrap_or_else(|| panic!("case {name} missing from the console"))
     };
 
     let (info, rc) = case("kvm-info");
@@ -124,7 +143,10 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
     assert!(info.contains("standard guests:   can boot"), "{info}");
 
     let (boot1, rc) = case("boot-1cpu");
-    assert_eq!(*rc, 0, "1-vCPU boot must end with status 0 after poweroff -f:\n{boot1}");
+    assert_eq!(
+        *rc, 0,
+        "1-vCPU boot must end with status 0 after poweroff -f:\n{boot1}"
+    );
     assert!(boot1.contains("vmm-guest: init reached"), "{boot1}");
     assert!(boot1.contains("vmm-guest: cpus=1"), "{boot1}");
     assert!(boot1.contains("hello-from-guest"), "{boot1}");
@@ -132,17 +154,26 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
     let boot_ms = float_after(boot1, "boot-time-ms:").expect("boot-time-ms printed");
     assert!(boot_ms > 0.0 && boot_ms < 120_000.0, "{boot_ms}");
     let setup_ms = float_after(boot1, "vmm-setup-ms:").expect("vmm-setup-ms printed");
-    assert!(setup_ms > 0.0 && setup_ms < boot_ms, "setup {setup_ms} vs boot {boot_ms}");
+    assert!(
+        setup_ms > 0.0 && setup_ms < boot_ms,
+        "setup {setup_ms} vs boot {boot_ms}"
+    );
 
     let (boot2, rc) = case("boot-2cpu");
     assert_eq!(*rc, 0, "{boot2}");
-    assert!(boot2.contains("vmm-guest: cpus=2"), "both vCPUs online:\n{boot2}");
+    assert!(
+        boot2.contains("vmm-guest: cpus=2"),
+        "both vCPUs online:\n{boot2}"
+    );
     assert!(float_after(boot2, "boot-time-ms:").is_some(), "{boot2}");
 
     let (reboot, rc) = case("reboot");
     assert_eq!(*rc, 0, "reboot -f must end vmmctl with status 0:\n{reboot}");
     assert!(reboot.contains("vmm-guest: init reached"), "{reboot}");
-    assert!(!reboot.contains("vmm-guest: command exit="), "reboot -f does not return:\n{reboot}");
+    assert!(
+        !reboot.contains("vmm-guest: command exit="),
+        "reboot -f does not return:\n{reboot}"
+    );
 
     let (bz, rc) = case("bzimage");
     assert_eq!(*rc, 0, "{bz}");
@@ -150,14 +181,20 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
 
     let (file_run, rc) = case("console-file");
     assert_eq!(*rc, 0, "{file_run}");
-    assert!(!file_run.contains("to-the-file"), "console went to the file, not stdout");
+    assert!(
+        !file_run.contains("to-the-file"),
+        "console went to the file, not stdout"
+    );
     let (contents, _) = case("console-file-contents");
     assert!(contents.contains("to-the-file"), "{contents}");
 
     let (bench, rc) = case("bench");
     assert_eq!(*rc, 0, "{bench}");
     assert!(bench.contains("first-instruction-ms"), "{bench}");
-    assert!(bench.contains("linux-init-ms (VM build -> guest init"), "{bench}");
+    assert!(
+        bench.contains("linux-init-ms (VM build -> guest init"),
+        "{bench}"
+    );
     assert!(bench.contains("vmm-rss-mib"), "{bench}");
 }
 
@@ -166,5 +203,8 @@ fn case_parser_splits_console() {
     let c = parse_cases("noise\n=== case a begin\nx\ny\n=== case a end exit=3\n=== case b begin\n=== case b end exit=0\n");
     assert_eq!(c["a"], ("x\ny\n".to_string(), 3));
     assert_eq!(c["b"], (String::new(), 0));
-    assert_eq!(float_after("boot-time-ms: 12.5\n", "boot-time-ms:"), Some(12.5));
+    assert_eq!(
+        float_after("boot-time-ms: 12.5\n", "boot-time-ms:"),
+        Some(12.5)
+    );
 }

@@ -18,7 +18,10 @@ fn twenty_vms_built_run_and_dropped_leave_nothing_behind() {
     let code = Asm::new().report_eax().i8042_reset().halt_forever();
     // Warm-up: the first VM installs the kick signal handler and lets the
     // allocator and tracing settle.
-    let (reason, running) = run_to_exit(synthetic_vm(&kvm, code.code(), 1, false).vm, Duration::from_secs(30));
+    let (reason, running) = run_to_exit(
+        synthetic_vm(&kvm, code.code(), 1, false).vm,
+        Duration::from_secs(30),
+    );
     assert_eq!(reason, ExitReason::Reset);
     drop(running);
     let baseline = fds_and_threads();
@@ -47,10 +50,17 @@ fn twenty_vms_built_run_and_dropped_leave_nothing_behind() {
         running.push((s.vm.start().unwrap(), reports, s._image));
     }
     let (during_fds, during_threads) = fds_and_threads();
-    assert!(during_threads >= baseline.1 + 20 * 3, "2 vCPU threads + 1 event thread per VM");
+    assert!(
+        during_threads >= baseline.1 + 20 * 3,
+        "2 vCPU threads + 1 event thread per VM"
+    );
     assert!(during_fds > baseline.0);
     for (_, reports, _) in &running {
-        assert!(wait_for(Duration::from_secs(30), || !reports.lock().unwrap().values.is_empty()));
+        assert!(wait_for(Duration::from_secs(30), || !reports
+            .lock()
+            .unwrap()
+            .values
+            .is_empty()));
     }
     for (mut vm, _, _) in running {
         assert_eq!(vm.stop(), ExitReason::Stopped);

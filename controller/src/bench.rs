@@ -84,7 +84,9 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
 
     let guest = vmm_sys_util::tempfile::TempFile::new_with_prefix("/tmp/vmm-bench-guest")
         .map_err(|e| std::io::Error::other(e.to_string()))?;
-    guest.as_file().write_all(&synthetic::first_instruction_guest())?;
+    guest
+        .as_file()
+        .write_all(&synthetic::first_instruction_guest())?;
     let synthetic_config = VmConfig {
         vcpus: 1,
         memory_mib: cfg.memory_mib,
@@ -106,7 +108,10 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
         progress("synthetic", run, cfg.runs);
     }
 
-    let (linux_init_ms, linux_skipped) = match (&cfg.kernel, info.backend.boots_standard_guests() || cfg.force) {
+    let (linux_init_ms, linux_skipped) = match (
+        &cfg.kernel,
+        info.backend.boots_standard_guests() || cfg.force,
+    ) {
         (None, _) => (None, Some("no --kernel given".to_string())),
         (Some(_), false) => (
             None,
@@ -135,7 +140,10 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
                 rss_with_vm = rss_with_vm.max(rss);
                 progress("linux", run, cfg.runs);
             }
-            (Some(summarize(&samples).ok_or(BenchError::NoSamples)?), None)
+            (
+                Some(summarize(&samples).ok_or(BenchError::NoSamples)?),
+                None,
+            )
         }
     };
 
@@ -149,7 +157,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
 }
 
 fn progress(what: &str, run: usize, runs: usize) {
-    if runs >= 10 && (run + 1) % (runs / 10).max(1) == 0 {
+    if runs >= 10 && (run + 1).is_multiple_of((runs / 10).max(1)) {
         eprintln!("bench: {what} {}/{runs}", run + 1);
     }
 }
@@ -177,7 +185,9 @@ fn first_instruction_run(
             break *at;
         }
         if let Some(reason) = running.exit_reason() {
-            return Err(format!("synthetic guest ended before its first write: {reason}"));
+            return Err(format!(
+                "synthetic guest ended before its first write: {reason}"
+            ));
         }
         if Instant::now() > deadline {
             return Err("synthetic guest did not write port 0x80 within 10 s".into());
@@ -233,7 +243,10 @@ pub fn format_report(report: &BootBenchReport, backend: &str) -> String {
         )
     };
     let mut out = format!("backend: {backend}\n");
-    out += &line("first-instruction-ms (VM build -> first guest instruction, synthetic guest)", &report.first_instruction_ms);
+    out += &line(
+        "first-instruction-ms (VM build -> first guest instruction, synthetic guest)",
+        &report.first_instruction_ms,
+    );
     match (&report.linux_init_ms, &report.linux_skipped) {
         (Some(s), _) => out += &line("linux-init-ms (VM build -> guest init boot-timer write)", s),
         (None, Some(why)) => out += &format!("linux-init-ms: skipped ({why})\n"),

@@ -118,7 +118,12 @@ pub fn run(
         report_setup_time(process_start, &running);
     }
     let (pio, mmio, exits) = running.exit_counts();
-    tracing::info!(unclaimed_pio = pio, unclaimed_mmio = mmio, exits, "VM statistics");
+    tracing::info!(
+        unclaimed_pio = pio,
+        unclaimed_mmio = mmio,
+        exits,
+        "VM statistics"
+    );
     if reason.is_clean() {
         Ok(reason)
     } else {
@@ -134,7 +139,13 @@ fn report_setup_time(process_start: Instant, running: &RunningVm) {
         ),
         None => eprintln!("vmm-setup-ms: none (no vCPU entered the guest)"),
     }
-    if running.devices().boot_timer.lock().map(|t| t.boot_time().is_none()).unwrap_or(true) {
+    if running
+        .devices()
+        .boot_timer
+        .lock()
+        .map(|t| t.boot_time().is_none())
+        .unwrap_or(true)
+    {
         eprintln!("boot-time-ms: none (the guest never wrote the boot-timer signal)");
     }
 }

@@ -43,7 +43,10 @@ mod tests {
     fn nearest_rank_percentiles() {
         let s: Vec<f64> = (1..=100).map(f64::from).collect();
         let sum = summarize(&s).unwrap();
-        assert_eq!((sum.min, sum.p50, sum.p99, sum.max), (1.0, 50.0, 99.0, 100.0));
+        assert_eq!(
+            (sum.min, sum.p50, sum.p99, sum.max),
+            (1.0, 50.0, 99.0, 100.0)
+        );
         let one = summarize(&[3.5]).unwrap();
         assert_eq!((one.min, one.p50, one.p99), (3.5, 3.5, 3.5));
         assert!(summarize(&[]).is_none());

@@ -170,9 +170,12 @@ pub fn elf_image(code: &[u8]) -> Vec<u8> {
     let mut img = vec![0u8; CODE_OFFSET + code.len()];
     // e_ident: magic, 64-bit, little endian, version 1, System V.
     img[..8].copy_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]);
-    let put16 = |img: &mut Vec<u8>, at: usize, v: u16| img[at..at + 2].copy_from_slice(&v.to_le_bytes());
-    let put32 = |img: &mut Vec<u8>, at: usize, v: u32| img[at..at + 4].copy_from_slice(&v.to_le_bytes());
-    let put64 = |img: &mut Vec<u8>, at: usize, v: u64| img[at..at + 8].copy_from_slice(&v.to_le_bytes());
+    let put16 =
+        |img: &mut Vec<u8>, at: usize, v: u16| img[at..at + 2].copy_from_slice(&v.to_le_bytes());
+    let put32 =
+        |img: &mut Vec<u8>, at: usize, v: u32| img[at..at + 4].copy_from_slice(&v.to_le_bytes());
+    let put64 =
+        |img: &mut Vec<u8>, at: usize, v: u64| img[at..at + 8].copy_from_slice(&v.to_le_bytes());
     put16(&mut img, 16, 2); // e_type: EXEC
     put16(&mut img, 18, 62); // e_machine: x86-64
     put32(&mut img, 20, 1); // e_version
@@ -216,7 +219,10 @@ mod tests {
     #[test]
     fn encodings() {
         assert_eq!(Asm::new().mov_dx(0x3f8).code(), &[0x66, 0xba, 0xf8, 0x03]);
-        assert_eq!(Asm::new().out_imm_byte(0x80, 1).code(), &[0xb0, 1, 0xe6, 0x80]);
+        assert_eq!(
+            Asm::new().out_imm_byte(0x80, 1).code(),
+            &[0xb0, 1, 0xe6, 0x80]
+        );
         assert_eq!(
             Asm::new().boot_timer_signal().code(),
             &[0xb8, 0, 0, 0, 0xc0, 0xc6, 0x00, 123]
@@ -229,7 +235,10 @@ mod tests {
         let img = elf_image(&[0xf4]);
         assert_eq!(&img[..4], b"\x7fELF");
         assert_eq!(img[4], 2, "64-bit");
-        assert_eq!(u64::from_le_bytes(img[24..32].try_into().unwrap()), LOAD_ADDR);
+        assert_eq!(
+            u64::from_le_bytes(img[24..32].try_into().unwrap()),
+            LOAD_ADDR
+        );
         assert_eq!(img[0x1000], 0xf4);
         assert_eq!(img.len(), 0x1001);
     }

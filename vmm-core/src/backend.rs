@@ -183,10 +183,7 @@ pub fn detect_backend(kvm: &Kvm, root: &Path) -> (BackendKind, String) {
             .iter()
             .any(|e| e.function == PVM_CPUID_LEAF && e.ebx == PVM_CPUID_SIGNATURE)
         {
-            return (
-                BackendKind::Pvm,
-                "CPUID 0x40000002 EBX is \"PVM\"".into(),
-            );
+            return (BackendKind::Pvm, "CPUID 0x40000002 EBX is \"PVM\"".into());
         }
     }
     if let Ok(msrs) = kvm.get_msr_index_list() {
@@ -210,7 +207,10 @@ fn detect_from_host_files(root: &Path) -> Option<(BackendKind, String)> {
         return Some((BackendKind::Pvm, "module kvm_pvm is loaded".into()));
     }
     if module("kvm_intel") {
-        return Some((BackendKind::HardwareVmx, "module kvm_intel is loaded".into()));
+        return Some((
+            BackendKind::HardwareVmx,
+            "module kvm_intel is loaded".into(),
+        ));
     }
     if module("kvm_amd") {
         return Some((BackendKind::HardwareSvm, "module kvm_amd is loaded".into()));
@@ -219,9 +219,15 @@ fn detect_from_host_files(root: &Path) -> Option<(BackendKind, String)> {
     let flags = cpuinfo.lines().find(|l| l.starts_with("flags"))?;
     let has = |flag: &str| flags.split_whitespace().any(|f| f == flag);
     if has("vmx") {
-        Some((BackendKind::HardwareVmx, "CPU flag vmx (KVM built in)".into()))
+        Some((
+            BackendKind::HardwareVmx,
+            "CPU flag vmx (KVM built in)".into(),
+        ))
     } else if has("svm") {
-        Some((BackendKind::HardwareSvm, "CPU flag svm (KVM built in)".into()))
+        Some((
+            BackendKind::HardwareSvm,
+            "CPU flag svm (KVM built in)".into(),
+        ))
     } else {
         None
     }

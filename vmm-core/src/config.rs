@@ -280,7 +280,10 @@ mod tests {
         let (_f, k) = kernel_file();
         let mut c = config(k);
         c.memory_mib = 0;
-        assert_eq!(c.clone().validate(&LIMITS), Err(ConfigError::MemoryTooSmall(0)));
+        assert_eq!(
+            c.clone().validate(&LIMITS),
+            Err(ConfigError::MemoryTooSmall(0))
+        );
         c.memory_mib = 5000;
         assert_eq!(
             c.validate(&LIMITS),

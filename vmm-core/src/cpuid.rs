@@ -67,9 +67,8 @@ pub fn normalize(cpuid: &mut CpuId, params: CpuidParams) {
                 // threads sharing this cache in EAX[25:14].
                 let level = (entry.eax >> 5) & 0x7;
                 let sharing = if level >= 3 { count - 1 } else { 0 };
-                entry.eax = (entry.eax & 0x3fff)
-                    | ((sharing & 0xfff) << 14)
-                    | (((count - 1) & 0x3f) << 26);
+                entry.eax =
+                    (entry.eax & 0x3fff) | ((sharing & 0xfff) << 14) | (((count - 1) & 0x3f) << 26);
             }
             0x6 => {
                 // No thermal/power management for the guest.
@@ -126,7 +125,10 @@ pub fn normalize(cpuid: &mut CpuId, params: CpuidParams) {
         }
     }
 
-    if !entries.iter().any(|e| e.function == HYPERVISOR_SIGNATURE_LEAF) {
+    if !entries
+        .iter()
+        .any(|e| e.function == HYPERVISOR_SIGNATURE_LEAF)
+    {
         entries.push(kvm_cpuid_entry2 {
             function: HYPERVISOR_SIGNATURE_LEAF,
             eax: HYPERVISOR_TIMING_LEAF,
@@ -147,8 +149,24 @@ pub fn normalize(cpuid: &mut CpuId, params: CpuidParams) {
     }
     // KVM requires the index to be ignored unless flagged significant.
     for entry in entries.iter_mut() {
-        if !matches!(entry.function, 0x4 | 0x7 | 0xb | 0xd | 0xf | 0x10 | 0x12 | 0x14 | 0x17 | 0x18 | 0x1d | 0x1e | 0x1f | 0x8000_001d | 0x8000_0020 | 0x8000_0026)
-        {
+        if !matches!(
+            entry.function,
+            0x4 | 0x7
+                | 0xb
+                | 0xd
+                | 0xf
+                | 0x10
+                | 0x12
+                | 0x14
+                | 0x17
+                | 0x18
+                | 0x1d
+                | 0x1e
+                | 0x1f
+                | 0x8000_001d
+                | 0x8000_0020
+                | 0x8000_0026
+        ) {
             continue;
         }
         entry.flags |= KVM_CPUID_FLAG_SIGNIFCANT_INDEX;
@@ -173,7 +191,14 @@ pub fn find(cpuid: &CpuId, function: u32, index: u32) -> Option<&kvm_cpuid_entry
 mod tests {
     use super::*;
 
-    fn entry(function: u32, index: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+    fn entry(
+        function: u32,
+        index: u32,
+        eax: u32,
+        ebx: u32,
+        ecx: u32,
+        edx: u32,
+    ) -> kvm_cpuid_entry2 {
         kvm_cpuid_entry2 {
             function,
             index,
@@ -271,7 +296,11 @@ mod tests {
         assert_eq!(&bytes[..9], b"KVMKVMKVM");
         let timing = find(&c, HYPERVISOR_TIMING_LEAF, 0).unwrap();
         assert_eq!((timing.eax, timing.ebx), (2_500_000, 1_000_000));
-        assert_eq!(find(&c, 0x4000_0001, 0).unwrap().eax, 0x0100_7afb, "KVM features kept");
+        assert_eq!(
+            find(&c, 0x4000_0001, 0).unwrap().eax,
+            0x0100_7afb,
+            "KVM features kept"
+        );
     }
 
     #[test]

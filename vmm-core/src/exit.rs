@@ -96,7 +96,10 @@ impl ExitLatch {
 
     /// The recorded reason, if any.
     pub fn get(&self) -> Option<ExitReason> {
-        self.reason.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     /// Blocks until a reason is recorded, or `timeout` passes.

@@ -63,10 +63,11 @@ pub enum MemoryError {
 pub fn create_guest_memory(mem_bytes: u64) -> Result<GuestMemoryMmap, MemoryError> {
     let ranges = boot::x86_64::layout::ram_regions(mem_bytes);
     let file = memfd("vmm-guest-ram")?;
-    file.set_len(mem_bytes).map_err(|source| MemoryError::Resize {
-        size: mem_bytes,
-        source,
-    })?;
+    file.set_len(mem_bytes)
+        .map_err(|source| MemoryError::Resize {
+            size: mem_bytes,
+            source,
+        })?;
     let mut regions = Vec::with_capacity(ranges.len());
     let mut file_offset = 0u64;
     for (addr, size) in ranges {
@@ -149,7 +150,10 @@ mod tests {
         let mem = create_guest_memory(64 << 20).unwrap();
         assert_eq!(mem.num_regions(), 1);
         mem.write_obj(0xdead_beefu32, GuestAddress(0x1000)).unwrap();
-        assert_eq!(mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(), 0xdead_beef);
+        assert_eq!(
+            mem.read_obj::<u32>(GuestAddress(0x1000)).unwrap(),
+            0xdead_beef
+        );
         assert!(is_ram(&mem, GuestAddress((64 << 20) - 1)));
         assert!(!is_ram(&mem, GuestAddress(64 << 20)));
     }

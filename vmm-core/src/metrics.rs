@@ -16,9 +16,7 @@ pub fn rss_excluding_in(smaps: &str, guest_ranges: &[(u64, u64)]) -> u64 {
     let mut counting = false;
     for line in smaps.lines() {
         if let Some((start, end)) = mapping_range(line) {
-            counting = !guest_ranges
-                .iter()
-                .any(|(gs, ge)| start < *ge && *gs < end);
+            counting = !guest_ranges.iter().any(|(gs, ge)| start < *ge && *gs < end);
         } else if let Some(rest) = line.strip_prefix("Rss:") {
             if counting {
                 total_kib += rest

@@ -313,7 +313,11 @@ fn dispatch(vcpu: u8, access: impl FnOnce() -> bool) -> bool {
     match catch_unwind(AssertUnwindSafe(access)) {
         Ok(claimed) => claimed,
         Err(panic) => {
-            tracing::error!(vcpu, "device panicked during an access: {}", panic_message(&panic));
+            tracing::error!(
+                vcpu,
+                "device panicked during an access: {}",
+                panic_message(&panic)
+            );
             true
         }
     }
@@ -331,8 +335,10 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
 
 fn internal_error_name(suberror: u32) -> &'static str {
     match suberror {
-        1 => "emulation failure (an instruction KVM cannot emulate; on a PVM host a standard \
-              guest kernel ends like this)",
+        1 => {
+            "emulation failure (an instruction KVM cannot emulate; on a PVM host a standard \
+              guest kernel ends like this)"
+        }
         2 => "simultaneous exception",
         3 => "delivery event",
         4 => "unexpected exit reason",

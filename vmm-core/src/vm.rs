@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use boot::x86_64 as arch_boot;
 use boot::x86_64::layout;
-use devices::{AcpiPm, BootTimer, BootTimestamp, Bus, BusDevice, ConsoleOutput, DebugPort, I8042, Serial};
+use devices::{
+    AcpiPm, BootTimer, BootTimestamp, Bus, BusDevice, ConsoleOutput, DebugPort, Serial, I8042,
+};
 use kvm_bindings::{kvm_mp_state, kvm_pit_config, KVM_MP_STATE_RUNNABLE, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
@@ -250,7 +252,14 @@ impl Vm {
         )?;
 
         phase("devices");
-        let vcpus = create_vcpus(hypervisor, &vm_fd, vcpu_count, &kernel, cr3, options.start_all_vcpus)?;
+        let vcpus = create_vcpus(
+            hypervisor,
+            &vm_fd,
+            vcpu_count,
+            &kernel,
+            cr3,
+            options.start_all_vcpus,
+        )?;
         tracing::info!(
             elapsed_us = options.build_start.elapsed().as_micros() as u64,
             "VM built"
@@ -426,25 +435,37 @@ fn create_devices(
     vm_fd
         .register_irqfd(&serial_irq, layout::SERIAL_COM1_IRQ)
         .map_err(kvm_err("KVM_IRQFD (serial)"))?;
-    let serial = Arc::new(Mutex::new(
-        Serial::new(serial_irq, console).map_err(|e| VmError::Device {
+    let serial = Arc::new(Mutex::new(Serial::new(serial_irq, console).map_err(
+        |e| VmError::Device {
             what: "serial",
             message: e.to_string(),
-        })?,
-    ));
-    pio.insert(serial.clone(), u64::from(layout::SERIAL_COM1_PORT), devices::serial::SERIAL_PORT_COUNT)
-        .map_err(|e| device_err("serial")(e.to_string()))?;
+        },
+    )?));
+    pio.insert(
+        serial.clone(),
+        u64::from(layout::SERIAL_COM1_PORT),
+        devices::serial::SERIAL_PORT_COUNT,
+    )
+    .map_err(|e| device_err("serial")(e.to_string()))?;
 
     let i8042 = Arc::new(Mutex::new(I8042::new(clone(reset_evt, "i8042")?)));
-    pio.insert(i8042, u64::from(layout::I8042_PORT), u64::from(layout::I8042_PORT_LEN))
-        .map_err(|e| device_err("i8042")(e.to_string()))?;
+    pio.insert(
+        i8042,
+        u64::from(layout::I8042_PORT),
+        u64::from(layout::I8042_PORT_LEN),
+    )
+    .map_err(|e| device_err("i8042")(e.to_string()))?;
 
     let acpi_pm = Arc::new(Mutex::new(AcpiPm::new(
         clone(power_off_evt, "ACPI PM")?,
         clone(reset_evt, "ACPI PM")?,
     )));
-    pio.insert(acpi_pm, u64::from(layout::ACPI_PM_SLEEP_CONTROL_PORT), devices::acpi_pm::ACPI_PM_PORT_COUNT)
-        .map_err(|e| device_err("ACPI PM")(e.to_string()))?;
+    pio.insert(
+        acpi_pm,
+        u64::from(layout::ACPI_PM_SLEEP_CONTROL_PORT),
+        devices::acpi_pm::ACPI_PM_PORT_COUNT,
+    )
+    .map_err(|e| device_err("ACPI PM")(e.to_string()))?;
 
     let debug_port = Arc::new(Mutex::new(DebugPort::new(options.build_start)));
     pio.insert(debug_port.clone(), DEBUG_PORT, 1)
@@ -517,7 +538,8 @@ fn create_vcpus(
         let mut sregs = fd.get_sregs().map_err(kvm_err("KVM_GET_SREGS"))?;
         arch_boot::boot_sregs(&mut sregs, kernel.protocol, cr3);
         fd.set_sregs(&sregs).map_err(kvm_err("KVM_SET_SREGS"))?;
-        fd.set_fpu(&arch::boot_fpu()).map_err(kvm_err("KVM_SET_FPU"))?;
+        fd.set_fpu(&arch::boot_fpu())
+            .map_err(kvm_err("KVM_SET_FPU"))?;
         arch::setup_lapic(&fd).map_err(arch)?;
         if start_all && index > 0 {
             fd.set_mp_state(kvm_mp_state {

@@ -83,7 +83,10 @@ struct BenchBootArgs {
     #[arg(long)]
     initrd: Option<PathBuf>,
     /// Guest command line for the Linux runs.
-    #[arg(long, default_value = "console=ttyS0 reboot=k panic=1 nomodule i8042.noaux i8042.nomux i8042.dumbkbd quiet")]
+    #[arg(
+        long,
+        default_value = "console=ttyS0 reboot=k panic=1 nomodule i8042.noaux i8042.nomux i8042.dumbkbd quiet"
+    )]
     cmdline: String,
     /// Guest memory in MiB.
     #[arg(long, default_value_t = 128)]
