@@ -12,7 +12,8 @@ use vm_memory::{ByteValued, Bytes, GuestAddress, GuestMemory};
 
 use super::layout::{
     ACPI_LIMIT, ACPI_PM_RESET_PORT, ACPI_PM_SLEEP_CONTROL_PORT, ACPI_PM_SLEEP_STATUS_PORT,
-    ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, IOAPIC_ADDR, LAPIC_ADDR, RSDP_START,
+    ACPI_RESET_VALUE, ACPI_S5_SLEEP_TYPE, IOAPIC_ADDR, LAPIC_ADDR, RSDP_START, SERIAL_COM1_IRQ,
+    SERIAL_COM1_PORT,
 };
 use super::mptable::{byte_sum, ioapic_id};
 use super::SystemError;
@@ -316,6 +317,71 @@ pub const DSDT_AML: [u8; 13] = [
     0x00,
 ];
 
+/// AML for COM1 under `\_SB`, so the guest can map its interrupt.
+///
+/// With HW-reduced ACPI Linux drops the legacy PIC and preallocates no ISA
+/// interrupts, so the 8250 driver's built-in "COM1 at 0x3f8, IRQ 4" cannot
+/// request IRQ 4 and every open of ttyS0 fails (kernel printk still works,
+/// it polls). Describing the port as a PNP0501 device lets the 8250 PNP
+/// driver register it with an IRQ mapped through the I/O APIC.
+///
+/// ```text
+/// Scope (\_SB) {
+///   Device (COM1) {
+///     Name (_HID, EisaId ("PNP0501"))
+///     Name (_UID, Zero)
+///     Name (_CRS, ResourceTemplate () {
+///       IO (Decode16, 0x3F8, 0x3F8, 0x00, 0x08)
+///       IRQNoFlags () { 4 }
+///     })
+///   }
+/// }
+/// ```
+pub fn com1_aml() -> Vec<u8> {
+    let port = SERIAL_COM1_PORT.to_le_bytes();
+    let irq_mask = (1u16 << SERIAL_COM1_IRQ).to_le_bytes();
+    // Resource template: IO port descriptor, IRQ descriptor, end tag.
+    let resources: Vec<u8> = [
+        &[0x47, 0x01, port[0], port[1], port[0], port[1], 0x00, 0x08][..],
+        &[0x22, irq_mask[0], irq_mask[1]],
+        &[0x79, 0x00],
+    ]
+    .concat();
+    let mut crs_buffer = vec![0x0a, resources.len() as u8]; // BufferSize: BytePrefix n
+    crs_buffer.extend_from_slice(&resources);
+    let mut device_body = Vec::new();
+    device_body.extend_from_slice(b"COM1");
+    // EisaId("PNP0501"): three 5-bit letters then the product number, big endian.
+    device_body.extend_from_slice(&[0x08, b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x05, 0x01]);
+    device_body.extend_from_slice(&[0x08, b'_', b'U', b'I', b'D', 0x00]);
+    device_body.extend_from_slice(&[0x08, b'_', b'C', b'R', b'S']);
+    device_body.extend_from_slice(&aml_package(0x11, &crs_buffer)); // BufferOp
+    let device = [&[0x5b][..], &aml_package(0x82, &device_body)].concat(); // DeviceOp
+    let mut scope_body = b"\\_SB_".to_vec();
+    scope_body.extend_from_slice(&device);
+    aml_package(0x10, &scope_body) // ScopeOp
+}
+
+/// `op PkgLength body`, with the one- or two-byte PkgLength encoding.
+fn aml_package(op: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![op];
+    let one_byte = body.len() + 1;
+    if one_byte < 0x40 {
+        out.push(one_byte as u8);
+    } else {
+        let total = body.len() + 2;
+        out.push(0x40 | (total & 0x0f) as u8);
+        out.push((total >> 4) as u8);
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+/// The whole DSDT body: `\_S5_` and COM1.
+pub fn dsdt_aml() -> Vec<u8> {
+    [&DSDT_AML[..], &com1_aml()].concat()
+}
+
 /// Errors building the ACPI tables.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AcpiError {
@@ -437,7 +503,7 @@ pub fn build_acpi_tables(num_cpus: u8) -> Result<Vec<PlacedTable>, AcpiError> {
     if num_cpus == 0 || num_cpus == u8::MAX {
         return Err(AcpiError::CpuCount { num_cpus });
     }
-    let dsdt = sdt(*b"DSDT", 2, *b"SBXDSDT ", &DSDT_AML);
+    let dsdt = sdt(*b"DSDT", 2, *b"SBXDSDT ", &dsdt_aml());
     let madt = madt(num_cpus);
 
     // The XSDT and FADT sizes do not depend on the addresses they contain.
@@ -590,13 +656,38 @@ mod tests {
     }
 
     #[test]
-    fn dsdt_holds_only_the_s5_package() {
+    fn dsdt_holds_the_s5_package_and_com1() {
         let t = walk(1);
-        assert_eq!(t.dsdt.len(), 36 + 13);
+        assert_eq!(t.dsdt.len(), 36 + 13 + 52);
         assert_eq!(
-            &t.dsdt[36..],
+            &t.dsdt[36..49],
             &[0x08, 0x5f, 0x53, 0x35, 0x5f, 0x12, 0x07, 0x04, 0x0a, 0x05, 0x00, 0x00, 0x00]
         );
+        assert_eq!(&t.dsdt[49..], &com1_aml()[..]);
+    }
+
+    #[test]
+    fn com1_aml_bytes() {
+        // Hand-assembled from the ASL in com1_aml's documentation.
+        let expected: Vec<u8> = vec![
+            0x10, 0x33, b'\\', b'_', b'S', b'B', b'_', // Scope (\_SB), PkgLength 51
+            0x5b, 0x82, 0x2b, b'C', b'O', b'M', b'1', // Device (COM1), PkgLength 43
+            0x08, b'_', b'H', b'I', b'D', 0x0c, 0x41, 0xd0, 0x05, 0x01, // _HID PNP0501
+            0x08, b'_', b'U', b'I', b'D', 0x00, // _UID 0
+            0x08, b'_', b'C', b'R', b'S', 0x11, 0x10, 0x0a, 0x0d, // _CRS Buffer(13)
+            0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x00, 0x08, // IO 0x3f8, 8 ports
+            0x22, 0x10, 0x00, // IRQ 4
+            0x79, 0x00, // end tag
+        ];
+        assert_eq!(com1_aml(), expected);
+    }
+
+    #[test]
+    fn aml_package_lengths() {
+        assert_eq!(aml_package(0x10, &[0; 3]), vec![0x10, 4, 0, 0, 0]);
+        let long = aml_package(0x10, &[0; 100]);
+        assert_eq!(&long[..3], &[0x10, 0x40 | (102 & 0xf), 102 >> 4]);
+        assert_eq!(long.len(), 103);
     }
 
     #[test]
