@@ -6,6 +6,8 @@
 //! to the device buses, plus one event thread. Nothing is global except the
 //! vCPU kick signal handler, so many VMs can live in one process.
 
+#[cfg(target_arch = "aarch64")]
+pub mod aarch64;
 pub mod backend;
 pub mod config;
 pub mod cpuid;
