@@ -53,7 +53,12 @@ pub fn set_boot_regs(vcpu: &VcpuFd, regs: &BootRegs) -> Result<(), kvm_ioctls::E
     set_core_reg(vcpu, base + offset_of!(user_pt_regs, regs), regs.x0)
 }
 
-fn set_attr(gic: &DeviceFd, group: u32, attr: u64, value: *const u64) -> Result<(), kvm_ioctls::Error> {
+fn set_attr(
+    gic: &DeviceFd,
+    group: u32,
+    attr: u64,
+    value: *const u64,
+) -> Result<(), kvm_ioctls::Error> {
     gic.set_device_attr(&kvm_device_attr {
         group,
         attr,
@@ -76,9 +81,24 @@ pub fn create_gic_v3(vm: &VmFd) -> Result<DeviceFd, kvm_ioctls::Error> {
     let nr_irqs = u64::from(GIC_NR_IRQS);
     // KVM reads each attribute value through the pointer during the ioctl;
     // the locals outlive the calls.
-    set_attr(&gic, KVM_DEV_ARM_VGIC_GRP_ADDR, u64::from(KVM_VGIC_V3_ADDR_TYPE_DIST), &dist)?;
-    set_attr(&gic, KVM_DEV_ARM_VGIC_GRP_ADDR, u64::from(KVM_VGIC_V3_ADDR_TYPE_REDIST), &redist)?;
+    set_attr(
+        &gic,
+        KVM_DEV_ARM_VGIC_GRP_ADDR,
+        u64::from(KVM_VGIC_V3_ADDR_TYPE_DIST),
+        &dist,
+    )?;
+    set_attr(
+        &gic,
+        KVM_DEV_ARM_VGIC_GRP_ADDR,
+        u64::from(KVM_VGIC_V3_ADDR_TYPE_REDIST),
+        &redist,
+    )?;
     set_attr(&gic, KVM_DEV_ARM_VGIC_GRP_NR_IRQS, 0, &nr_irqs)?;
-    set_attr(&gic, KVM_DEV_ARM_VGIC_GRP_CTRL, u64::from(KVM_DEV_ARM_VGIC_CTRL_INIT), std::ptr::null())?;
+    set_attr(
+        &gic,
+        KVM_DEV_ARM_VGIC_GRP_CTRL,
+        u64::from(KVM_DEV_ARM_VGIC_CTRL_INIT),
+        std::ptr::null(),
+    )?;
     Ok(gic)
 }
