@@ -26,8 +26,14 @@ deps:
 	  if [ "$$(id -u)" != 0 ]; then echo "make: run as root (or install:$$missing)" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@command -v $(CARGO) >/dev/null || { echo "make: installing cargo from Debian" >&2; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq cargo rustc >/dev/null; }
+	@# Rust: use the machine's toolchain when it is new enough (1.80+); else
+	@# Debian 12's current one (the *-web packages, Rust 1.9x, with clippy and rustfmt).
+	@minor=$$($(CARGO) --version 2>/dev/null | sed -n 's/^cargo 1\.\([0-9]*\).*/\1/p'); \
+	if [ -z "$$minor" ] || [ "$$minor" -lt 80 ]; then \
+	  echo "make: installing Rust from Debian (cargo-web, rustc-web, rust-web-clippy, rustfmt-web)" >&2; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    cargo-web rustc-web rust-web-clippy rustfmt-web >/dev/null; \
+	fi
 	@$(CARGO) --version >&2
 
 ## build: the workspace in release mode
