@@ -79,6 +79,18 @@ fn good_kernel(s: &Scratch) -> PathBuf {
     )
 }
 
+/// Runs `vmmctl run --kernel <valid synthetic kernel> EXTRA... --force` in a
+/// fresh scratch directory, so only the flag under test is wrong.
+fn run_with_good_kernel(extra: &[&str]) -> (Scratch, Output) {
+    let s = Scratch::new();
+    let k = good_kernel(&s);
+    let mut args = vec!["run", "--kernel", k.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(force());
+    let out = vmmctl(&args, s.path());
+    (s, out)
+}
+
 fn force() -> &'static str {
     // Our synthetic kernel runs on PVM too; pass --force so the backend check
     // does not mask the input check being tested.
@@ -170,93 +182,38 @@ fn initrd_larger_than_memory() {
 
 #[test]
 fn command_line_too_long() {
-    let s = Scratch::new();
-    let k = good_kernel(&s);
     let long = "x".repeat(5000);
-    let out = vmmctl(
-        &[
-            "run",
-            "--kernel",
-            k.to_str().unwrap(),
-            "--cmdline",
-            &long,
-            force(),
-        ],
-        s.path(),
-    );
+    let (s, out) = run_with_good_kernel(&["--cmdline", &long]);
     assert_clean_failure(&out, "command line");
+    assert_eq!(s.entries(), vec!["vmlinux"], "no leftover files");
 }
 
 #[test]
 fn zero_vcpus() {
-    let s = Scratch::new();
-    let k = good_kernel(&s);
-    let out = vmmctl(
-        &[
-            "run",
-            "--kernel",
-            k.to_str().unwrap(),
-            "--cpus",
-            "0",
-            force(),
-        ],
-        s.path(),
-    );
+    let (s, out) = run_with_good_kernel(&["--cpus", "0"]);
     assert_clean_failure(&out, "vCPU");
+    assert_eq!(s.entries(), vec!["vmlinux"], "no leftover files");
 }
 
 #[test]
 fn more_vcpus_than_kvm_allows() {
-    let s = Scratch::new();
-    let k = good_kernel(&s);
-    let out = vmmctl(
-        &[
-            "run",
-            "--kernel",
-            k.to_str().unwrap(),
-            "--cpus",
-            "100000",
-            force(),
-        ],
-        s.path(),
-    );
+    let (s, out) = run_with_good_kernel(&["--cpus", "100000"]);
     assert_clean_failure(&out, "vCPUs requested");
+    assert_eq!(s.entries(), vec!["vmlinux"], "no leftover files");
 }
 
 #[test]
 fn zero_memory() {
-    let s = Scratch::new();
-    let k = good_kernel(&s);
-    let out = vmmctl(
-        &[
-            "run",
-            "--kernel",
-            k.to_str().unwrap(),
-            "--memory",
-            "0",
-            force(),
-        ],
-        s.path(),
-    );
+    let (s, out) = run_with_good_kernel(&["--memory", "0"]);
     assert_clean_failure(&out, "memory");
+    assert_eq!(s.entries(), vec!["vmlinux"], "no leftover files");
 }
 
 #[test]
 fn memory_larger_than_the_host() {
-    let s = Scratch::new();
-    let k = good_kernel(&s);
-    let out = vmmctl(
-        &[
-            "run",
-            "--kernel",
-            k.to_str().unwrap(),
-            "--memory",
-            "100000000",
-            force(),
-        ],
-        s.path(),
-    );
+    let (s, out) = run_with_good_kernel(&["--memory", "100000000"]);
     assert_clean_failure(&out, "exceeds this host");
+    assert_eq!(s.entries(), vec!["vmlinux"], "no leftover files");
 }
 
 #[test]
@@ -273,20 +230,9 @@ fn bad_console_argument() {
 
 #[test]
 fn console_file_that_cannot_be_created() {
-    let s = Scratch::new();
-    let k = good_kernel(&s);
-    let out = vmmctl(
-        &[
-            "run",
-            "--kernel",
-            k.to_str().unwrap(),
-            "--console",
-            "file:/nonexistent-dir/console.log",
-            force(),
-        ],
-        s.path(),
-    );
+    let (s, out) = run_with_good_kernel(&["--console", "file:/nonexistent-dir/console.log"]);
     assert_clean_failure(&out, "console");
+    assert_eq!(s.entries(), vec!["vmlinux"], "no leftover files");
 }
 
 #[test]
