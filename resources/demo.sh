@@ -6,7 +6,7 @@
 set -euo pipefail
 vmmctl=$1 kernel_dir=$2 initramfs=$3
 here=$(cd "$(dirname "$0")" && pwd)
-cmdline="console=ttyS0 reboot=k panic=1 nomodule i8042.noaux i8042.nomux i8042.dumbkbd"
+cmdline="console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd"
 guest_cmd='-- sh -c "echo; echo Hello from the sandbox VM; uname -a; echo vCPUs: $(grep -c ^processor /proc/cpuinfo); free -m | head -2"'
 
 echo "== vmmctl kvm-info" >&2

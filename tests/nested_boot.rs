@@ -31,7 +31,7 @@ fn script_output(script: &str, args: &[&str]) -> String {
 }
 
 const GUEST_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 nomodule i8042.noaux i8042.nomux i8042.dumbkbd";
+    "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
 
 fn script() -> String {
     format!(

@@ -11,7 +11,7 @@ use vmm_core::{
 /// Command line used when the user gives none: serial console, reboot via
 /// the keyboard controller, no i8042 probing delays, no module loading.
 pub const DEFAULT_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 nomodule i8042.noaux i8042.nomux i8042.dumbkbd";
+    "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
 
 /// Why a launch failed before or while the VM ran.
 #[derive(Debug, thiserror::Error)]

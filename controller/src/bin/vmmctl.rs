@@ -85,7 +85,7 @@ struct BenchBootArgs {
     /// Guest command line for the Linux runs.
     #[arg(
         long,
-        default_value = "console=ttyS0 reboot=k panic=1 nomodule i8042.noaux i8042.nomux i8042.dumbkbd quiet"
+        default_value = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd quiet"
     )]
     cmdline: String,
     /// Guest memory in MiB.
