@@ -20,6 +20,7 @@ pub mod debug_port;
 pub mod i8042;
 pub mod serial;
 pub mod trigger;
+pub mod virtio;
 
 pub use acpi_pm::{AcpiPm, RESET_VALUE, S5_SLEEP_TYPE};
 pub use boot_timer::{process_cpu_time, BootTimer, BootTimestamp};

@@ -1,0 +1,28 @@
+//! Virtio device model: the virtio-mmio transport (version 2) and devices.
+//!
+//! - [`device`]: the [`VirtioDevice`] trait the transport drives and the
+//!   [`VirtioInterrupt`] trait devices signal through.
+//! - [`interrupt`]: [`EventFdInterrupt`], the InterruptStatus register of a
+//!   slot plus its irqfd.
+//! - [`mmio`]: [`MmioTransport`], one 4 KiB virtio-mmio slot on the MMIO bus.
+//!
+//! Everything that comes from the guest (register values, ring addresses,
+//! descriptor chains, request headers) is validated before use; a guest can
+//! fail its own requests or put its own device into DEVICE_NEEDS_RESET, but
+//! never panic the VMM or touch memory outside its own.
+
+pub mod device;
+pub mod interrupt;
+pub mod mmio;
+#[cfg(test)]
+pub(crate) mod test_utils;
+
+pub use device::{
+    ActivateContext, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt,
+    INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_RING,
+};
+pub use interrupt::EventFdInterrupt;
+pub use mmio::{
+    kernel_cmdline_entry, MmioTransport, QueueConfigError, QueueNotifier, CONFIG_SPACE_OFFSET,
+    MMIO_SLOT_SIZE, QUEUE_NOTIFY_OFFSET,
+};
