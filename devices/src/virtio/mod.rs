@@ -5,18 +5,23 @@
 //! - [`interrupt`]: [`EventFdInterrupt`], the InterruptStatus register of a
 //!   slot plus its irqfd.
 //! - [`mmio`]: [`MmioTransport`], one 4 KiB virtio-mmio slot on the MMIO bus.
+//! - [`chain`]: reading a descriptor chain into checked guest buffers.
+//! - [`rng`]: [`Rng`], the entropy device.
 //!
 //! Everything that comes from the guest (register values, ring addresses,
 //! descriptor chains, request headers) is validated before use; a guest can
 //! fail its own requests or put its own device into DEVICE_NEEDS_RESET, but
 //! never panic the VMM or touch memory outside its own.
 
+pub mod chain;
 pub mod device;
 pub mod interrupt;
 pub mod mmio;
+pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
+pub use chain::{read_chain, Buffer, ChainError};
 pub use device::{
     ActivateContext, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt,
     INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_RING,
@@ -26,3 +31,4 @@ pub use mmio::{
     kernel_cmdline_entry, MmioTransport, QueueConfigError, QueueNotifier, CONFIG_SPACE_OFFSET,
     MMIO_SLOT_SIZE, QUEUE_NOTIFY_OFFSET,
 };
+pub use rng::Rng;
