@@ -30,8 +30,7 @@ fn script_output(script: &str, args: &[&str]) -> String {
         .to_string()
 }
 
-const GUEST_CMDLINE: &str =
-    "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
+const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
 
 fn script() -> String {
     format!(
@@ -53,6 +52,7 @@ run_case reboot /x/vmmctl run --kernel $K --initrd $I --cpus 1 --memory 256 --cm
 run_case bzimage /x/vmmctl run --kernel $B --initrd $I --cpus 1 --memory 256 --boot-timer --cmdline "$CMD"
 run_case console-file /x/vmmctl run --kernel $K --initrd $I --console file:/tmp/guest-console.log --cmdline "$CMD -- echo to-the-file"
 echo "=== case console-file-contents begin"; cat /tmp/guest-console.log; echo "=== case console-file-contents end exit=0"
+run_case rng /x/vmmctl run --kernel $K --initrd $I --rng --cmdline "$CMD -- sh -c \"cat /sys/class/misc/hw_random/rng_current; head -c 32 /dev/hwrng | od -An -tx1; grep virtio /proc/interrupts\""
 run_case bench /x/vmmctl bench boot --runs 3 --kernel $K --initrd $I
 exit 0
 "#
@@ -187,6 +187,32 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
     );
     let (contents, _) = case("console-file-contents");
     assert!(contents.contains("to-the-file"), "{contents}");
+
+    let (rng, rc) = case("rng");
+    assert_eq!(*rc, 0, "{rng}");
+    assert!(
+        rng.contains("virtio_rng.0"),
+        "virtio-rng is the guest's hwrng:\n{rng}"
+    );
+    assert!(
+        rng.contains("vmm-guest: command exit=0"),
+        "reading /dev/hwrng works:\n{rng}"
+    );
+    let random_bytes: Vec<&str> = rng
+        .lines()
+        .filter(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            words.len() == 16
+                && words
+                    .iter()
+                    .all(|w| w.len() == 2 && u8::from_str_radix(w, 16).is_ok())
+        })
+        .collect();
+    assert_eq!(random_bytes.len(), 2, "32 bytes from /dev/hwrng:\n{rng}");
+    assert!(
+        rng.contains("IO-APIC   5-edge      virtio0"),
+        "slot 0 interrupt mapped through ACPI:\n{rng}"
+    );
 
     let (bench, rc) = case("bench");
     assert_eq!(*rc, 0, "{bench}");

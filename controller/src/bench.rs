@@ -94,6 +94,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
         initrd: None,
         cmdline: String::new(),
         console: ConsoleConfig::None,
+        rng: false,
     }
     .validate(&limits)
     .map_err(LaunchError::from)?;
@@ -129,6 +130,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
                 initrd: cfg.initrd.clone(),
                 cmdline: cfg.cmdline.clone(),
                 console: ConsoleConfig::None,
+                rng: false,
             }
             .validate(&limits)
             .map_err(LaunchError::from)?;

@@ -68,6 +68,7 @@ pub fn synthetic_vm(kvm: &Hypervisor, code: &[u8], vcpus: u32, start_all_vcpus: 
         initrd: None,
         cmdline: "synthetic".into(),
         console: ConsoleConfig::None,
+        rng: false,
     }
     .validate(&HostLimits::probe(kvm.kvm()).unwrap())
     .unwrap();

@@ -44,6 +44,8 @@ pub struct VmConfig {
     pub cmdline: String,
     /// Serial console wiring.
     pub console: ConsoleConfig,
+    /// Attach a virtio-rng device fed from the host's getrandom.
+    pub rng: bool,
 }
 
 /// Facts about the host a configuration is checked against.
@@ -231,6 +233,7 @@ mod tests {
             initrd: None,
             cmdline: "console=ttyS0".into(),
             console: ConsoleConfig::None,
+            rng: false,
         }
     }
 

@@ -14,6 +14,7 @@ use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::EventFd;
 
 use crate::exit::{ExitLatch, ExitReason};
+use crate::virtio_slots::QueueEvent;
 
 type Subscriber = Arc<Mutex<dyn MutEventSubscriber + Send>>;
 
@@ -107,6 +108,32 @@ impl MutEventSubscriber for ConsoleInput {
     }
 }
 
+/// Guest queue notifications (ioeventfds) delivered to virtio devices.
+struct QueueNotifications {
+    events: Vec<QueueEvent>,
+}
+
+impl MutEventSubscriber for QueueNotifications {
+    fn init(&mut self, ops: &mut EventOps) {
+        for q in &self.events {
+            if let Err(e) = ops.add(Events::new(&q.event, EventSet::IN)) {
+                tracing::error!(
+                    queue = q.queue,
+                    "cannot watch a queue notification eventfd: {e}"
+                );
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let fd = events.fd();
+        if let Some(q) = self.events.iter().find(|q| q.event.as_raw_fd() == fd) {
+            let _ = q.event.read();
+            q.notifier.notify(q.queue);
+        }
+    }
+}
+
 /// A running event thread.
 pub struct EventLoopHandle {
     stop: EventFd,
@@ -135,6 +162,7 @@ impl EventLoop {
         reset: EventFd,
         power_off: EventFd,
         console: Option<Arc<Mutex<Serial>>>,
+        queue_events: Vec<QueueEvent>,
     ) -> std::io::Result<EventLoopHandle> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let lifecycle = Lifecycle {
@@ -156,6 +184,11 @@ impl EventLoop {
         });
         if let Some(console) = &console {
             manager.add_subscriber(console.clone());
+        }
+        if !queue_events.is_empty() {
+            manager.add_subscriber(Arc::new(Mutex::new(QueueNotifications {
+                events: queue_events,
+            })));
         }
         let thread = std::thread::Builder::new()
             .name("vmm-events".into())

@@ -17,6 +17,7 @@ pub mod hypervisor;
 pub mod memory;
 pub mod metrics;
 pub mod vcpu;
+pub mod virtio_slots;
 pub mod vm;
 pub mod x86_64;
 

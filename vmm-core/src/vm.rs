@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use boot::x86_64 as arch_boot;
 use boot::x86_64::layout;
+use devices::virtio::Rng;
 use devices::{
     AcpiPm, BootTimer, BootTimestamp, Bus, BusDevice, ConsoleOutput, DebugPort, Serial, I8042,
 };
@@ -28,6 +29,7 @@ use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::Hypervisor;
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
 use crate::vcpu::{self, Desired, ExitStats, RunControl, Vcpu, VcpuContext};
+use crate::virtio_slots::{QueueEvent, VirtioSlots};
 use crate::x86_64::{self as arch, ArchError};
 
 /// Where the TSS goes (three pages just below the BIOS area, as QEMU/Firecracker).
@@ -176,6 +178,7 @@ pub struct Vm {
     reset_evt: EventFd,
     power_off_evt: EventFd,
     stdin_input: bool,
+    queue_events: Vec<QueueEvent>,
     build_start: Instant,
 }
 
@@ -211,26 +214,7 @@ impl Vm {
 
         let kernel = load_kernel(&memory, cfg)?;
         let initrd = load_initrd(&memory, cfg, &kernel)?;
-        let cmdline = CString::new(cfg.cmdline.as_bytes()).map_err(|_| VmError::Device {
-            what: "command line",
-            message: "contains a NUL byte".into(),
-        })?;
-        let vcpu_count = u8::try_from(cfg.vcpus).map_err(|_| VmError::Device {
-            what: "vCPUs",
-            message: format!("{} vCPUs cannot be described in boot tables", cfg.vcpus),
-        })?;
-        arch_boot::configure_system(
-            &memory,
-            &arch_boot::SystemConfig {
-                kernel: &kernel,
-                cmdline: &cmdline,
-                initrd,
-                num_cpus: vcpu_count,
-            },
-        )?;
-        let cr3 = arch_boot::setup_page_tables(&memory)?;
-        arch_boot::setup_gdt_idt(&memory, kernel.protocol)?;
-        phase("kernel, initrd and boot structures");
+        phase("kernel and initrd");
 
         let reset_evt = new_eventfd("reset")?;
         let power_off_evt = new_eventfd("power-off")?;
@@ -250,8 +234,37 @@ impl Vm {
             console_output,
             &mut options,
         )?;
-
+        let mut mmio = mmio;
+        let mut virtio = VirtioSlots::new();
+        if cfg.rng {
+            virtio
+                .attach(&vm_fd, &mut mmio, &memory, Arc::new(Mutex::new(Rng::new())))
+                .map_err(|e| device_err("virtio-rng")(e.to_string()))?;
+        }
         phase("devices");
+
+        let cmdline = CString::new(cfg.cmdline.as_bytes()).map_err(|_| VmError::Device {
+            what: "command line",
+            message: "contains a NUL byte".into(),
+        })?;
+        let vcpu_count = u8::try_from(cfg.vcpus).map_err(|_| VmError::Device {
+            what: "vCPUs",
+            message: format!("{} vCPUs cannot be described in boot tables", cfg.vcpus),
+        })?;
+        arch_boot::configure_system(
+            &memory,
+            &arch_boot::SystemConfig {
+                kernel: &kernel,
+                cmdline: &cmdline,
+                initrd,
+                num_cpus: vcpu_count,
+                virtio_mmio: virtio.slots(),
+            },
+        )?;
+        let cr3 = arch_boot::setup_page_tables(&memory)?;
+        arch_boot::setup_gdt_idt(&memory, kernel.protocol)?;
+        phase("boot structures");
+
         let vcpus = create_vcpus(
             hypervisor,
             &vm_fd,
@@ -274,6 +287,7 @@ impl Vm {
             reset_evt,
             power_off_evt,
             stdin_input,
+            queue_events: virtio.take_queue_events(),
             build_start: options.build_start,
         })
     }
@@ -297,6 +311,7 @@ impl Vm {
             self.reset_evt,
             self.power_off_evt,
             self.stdin_input.then(|| self.devices.serial.clone()),
+            self.queue_events,
         )
         .map_err(|source| VmError::Thread {
             what: "vmm-events".into(),

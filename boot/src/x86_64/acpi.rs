@@ -317,7 +317,8 @@ pub const DSDT_AML: [u8; 13] = [
     0x00,
 ];
 
-/// AML for COM1 under `\_SB`, so the guest can map its interrupt.
+/// AML for the COM1 device (placed under `\_SB` by [`sb_scope_aml`]), so
+/// the guest can map its interrupt.
 ///
 /// With HW-reduced ACPI Linux drops the legacy PIC and preallocates no ISA
 /// interrupts, so the 8250 driver's built-in "COM1 at 0x3f8, IRQ 4" cannot
@@ -356,10 +357,82 @@ pub fn com1_aml() -> Vec<u8> {
     device_body.extend_from_slice(&[0x08, b'_', b'U', b'I', b'D', 0x00]);
     device_body.extend_from_slice(&[0x08, b'_', b'C', b'R', b'S']);
     device_body.extend_from_slice(&aml_package(0x11, &crs_buffer)); // BufferOp
-    let device = [&[0x5b][..], &aml_package(0x82, &device_body)].concat(); // DeviceOp
-    let mut scope_body = b"\\_SB_".to_vec();
-    scope_body.extend_from_slice(&device);
-    aml_package(0x10, &scope_body) // ScopeOp
+    aml_device(&device_body)
+}
+
+/// A virtio-mmio slot as the DSDT describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VirtioMmioSlot {
+    /// Base of the 4 KiB register window.
+    pub base: u64,
+    /// Its interrupt (a GSI on the I/O APIC).
+    pub irq: u32,
+}
+
+/// Size of one virtio-mmio register window.
+const VIRTIO_MMIO_WINDOW: u32 = 0x1000;
+
+/// AML for one virtio-mmio device, as Linux's virtio_mmio driver matches it
+/// through ACPI (`LNRO0005`).
+///
+/// Announcing virtio-mmio devices on the kernel command line
+/// (`virtio_mmio.device=4K@base:irq`) does not work with HW-reduced ACPI:
+/// the driver requests the raw ISA IRQ number, which Linux never allocated
+/// (no legacy PIC), and the probe fails with -EINVAL. Described here, the
+/// interrupt is mapped through the I/O APIC like COM1's.
+///
+/// ```text
+/// Device (VMnn) {
+///   Name (_HID, "LNRO0005")
+///   Name (_UID, nn)
+///   Name (_CRS, ResourceTemplate () {
+///     Memory32Fixed (ReadWrite, base, 0x1000)
+///     Interrupt (ResourceConsumer, Edge, ActiveHigh, Exclusive) { irq }
+///   })
+/// }
+/// ```
+pub fn virtio_mmio_device_aml(index: u8, slot: VirtioMmioSlot) -> Vec<u8> {
+    let hex = |n: u8| b"0123456789ABCDEF"[usize::from(n & 0xf)];
+    // Register windows live in the 32-bit MMIO hole, so the base fits in 32 bits.
+    let base = (slot.base as u32).to_le_bytes();
+    let len = VIRTIO_MMIO_WINDOW.to_le_bytes();
+    let irq = slot.irq.to_le_bytes();
+    let resources: Vec<u8> = [
+        // Memory32Fixed: large item 0x86, length 9, read-write, base, length.
+        &[0x86, 0x09, 0x00, 0x01][..],
+        &base,
+        &len,
+        // Extended Interrupt: large item 0x89, length 6, flags
+        // (consumer | edge, active high, exclusive), one interrupt.
+        &[0x89, 0x06, 0x00, 0x03, 0x01],
+        &irq,
+        &[0x79, 0x00],
+    ]
+    .concat();
+    let mut crs_buffer = vec![0x0a, resources.len() as u8];
+    crs_buffer.extend_from_slice(&resources);
+    let mut body = vec![b'V', b'M', hex(index >> 4), hex(index)];
+    body.extend_from_slice(&[0x08, b'_', b'H', b'I', b'D', 0x0d]);
+    body.extend_from_slice(b"LNRO0005\0");
+    body.extend_from_slice(&[0x08, b'_', b'U', b'I', b'D', 0x0a, index]);
+    body.extend_from_slice(&[0x08, b'_', b'C', b'R', b'S']);
+    body.extend_from_slice(&aml_package(0x11, &crs_buffer));
+    aml_device(&body)
+}
+
+/// `Scope (\_SB) { COM1, one device per virtio-mmio slot }`.
+pub fn sb_scope_aml(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
+    let mut body = b"\\_SB_".to_vec();
+    body.extend_from_slice(&com1_aml());
+    for (index, slot) in virtio.iter().enumerate() {
+        body.extend_from_slice(&virtio_mmio_device_aml(index as u8, *slot));
+    }
+    aml_package(0x10, &body) // ScopeOp
+}
+
+/// `DeviceOp PkgLength body` (DeviceOp is the extended opcode 5B 82).
+fn aml_device(body: &[u8]) -> Vec<u8> {
+    [&[0x5b][..], &aml_package(0x82, body)].concat()
 }
 
 /// `op PkgLength body`, with the one- or two-byte PkgLength encoding.
@@ -377,9 +450,9 @@ fn aml_package(op: u8, body: &[u8]) -> Vec<u8> {
     out
 }
 
-/// The whole DSDT body: `\_S5_` and COM1.
-pub fn dsdt_aml() -> Vec<u8> {
-    [&DSDT_AML[..], &com1_aml()].concat()
+/// The whole DSDT body: `\_S5_`, COM1 and the virtio-mmio devices.
+pub fn dsdt_aml(virtio: &[VirtioMmioSlot]) -> Vec<u8> {
+    [&DSDT_AML[..], &sb_scope_aml(virtio)].concat()
 }
 
 /// Errors building the ACPI tables.
@@ -499,11 +572,14 @@ fn align(addr: u64) -> u64 {
 
 /// Builds RSDP, XSDT, FADT, DSDT and MADT for `num_cpus` CPUs, each with
 /// the address it must be written to (RSDP first, at [`RSDP_START`]).
-pub fn build_acpi_tables(num_cpus: u8) -> Result<Vec<PlacedTable>, AcpiError> {
+pub fn build_acpi_tables(
+    num_cpus: u8,
+    virtio: &[VirtioMmioSlot],
+) -> Result<Vec<PlacedTable>, AcpiError> {
     if num_cpus == 0 || num_cpus == u8::MAX {
         return Err(AcpiError::CpuCount { num_cpus });
     }
-    let dsdt = sdt(*b"DSDT", 2, *b"SBXDSDT ", &dsdt_aml());
+    let dsdt = sdt(*b"DSDT", 2, *b"SBXDSDT ", &dsdt_aml(virtio));
     let madt = madt(num_cpus);
 
     // The XSDT and FADT sizes do not depend on the addresses they contain.
@@ -541,8 +617,12 @@ pub fn build_acpi_tables(num_cpus: u8) -> Result<Vec<PlacedTable>, AcpiError> {
 }
 
 /// Writes the ACPI tables for `num_cpus` CPUs; the RSDP is at [`RSDP_START`].
-pub fn setup_acpi<M: GuestMemory>(mem: &M, num_cpus: u8) -> Result<(), SystemError> {
-    for table in build_acpi_tables(num_cpus)? {
+pub fn setup_acpi<M: GuestMemory>(
+    mem: &M,
+    num_cpus: u8,
+    virtio: &[VirtioMmioSlot],
+) -> Result<(), SystemError> {
+    for table in build_acpi_tables(num_cpus, virtio)? {
         let addr = GuestAddress(table.addr);
         mem.write_slice(&table.bytes, addr)
             .map_err(|source| SystemError::write("ACPI table", addr, source))?;
@@ -589,7 +669,7 @@ mod tests {
     /// Follows RSDP -> XSDT -> FADT/MADT -> DSDT as a guest would.
     fn walk(num_cpus: u8) -> Tables {
         let mem = test_memory(2 << 20);
-        setup_acpi(&mem, num_cpus).unwrap();
+        setup_acpi(&mem, num_cpus, &[]).unwrap();
 
         let rsdp: Rsdp = mem.read_obj(GuestAddress(RSDP_START)).unwrap();
         assert_eq!(&rsdp.signature, b"RSD PTR ");
@@ -663,7 +743,7 @@ mod tests {
             &t.dsdt[36..49],
             &[0x08, 0x5f, 0x53, 0x35, 0x5f, 0x12, 0x07, 0x04, 0x0a, 0x05, 0x00, 0x00, 0x00]
         );
-        assert_eq!(&t.dsdt[49..], &com1_aml()[..]);
+        assert_eq!(&t.dsdt[49..], &sb_scope_aml(&[])[..]);
     }
 
     #[test]
@@ -679,7 +759,51 @@ mod tests {
             0x22, 0x10, 0x00, // IRQ 4
             0x79, 0x00, // end tag
         ];
-        assert_eq!(com1_aml(), expected);
+        assert_eq!(sb_scope_aml(&[]), expected);
+    }
+
+    #[test]
+    fn virtio_mmio_device_bytes() {
+        let aml = virtio_mmio_device_aml(
+            0x1a,
+            VirtioMmioSlot {
+                base: 0xd000_1000,
+                irq: 6,
+            },
+        );
+        let expected: Vec<u8> = [
+            &[0x5b, 0x82, 59, b'V', b'M', b'1', b'A'][..],
+            &[0x08, b'_', b'H', b'I', b'D', 0x0d],
+            b"LNRO0005\0",
+            &[0x08, b'_', b'U', b'I', b'D', 0x0a, 0x1a],
+            &[0x08, b'_', b'C', b'R', b'S', 0x11, 26, 0x0a, 23],
+            &[
+                0x86, 0x09, 0x00, 0x01, 0x00, 0x10, 0x00, 0xd0, 0x00, 0x10, 0x00, 0x00,
+            ],
+            &[0x89, 0x06, 0x00, 0x03, 0x01, 6, 0, 0, 0],
+            &[0x79, 0x00],
+        ]
+        .concat();
+        assert_eq!(aml, expected);
+    }
+
+    #[test]
+    fn scope_grows_with_virtio_devices() {
+        let slots: Vec<VirtioMmioSlot> = (0..3)
+            .map(|i| VirtioMmioSlot {
+                base: 0xd000_0000 + i * 0x1000,
+                irq: 5 + i as u32,
+            })
+            .collect();
+        let scope = sb_scope_aml(&slots);
+        // Two-byte PkgLength once past 63 bytes: 0x4N | low nibble, then the rest.
+        let body_len = 5 + com1_aml().len() + 3 * 61;
+        let total = body_len + 2;
+        assert_eq!(scope[0], 0x10);
+        assert_eq!(scope[1], 0x40 | (total & 0xf) as u8);
+        assert_eq!(usize::from(scope[2]), total >> 4);
+        assert_eq!(scope.len(), 1 + total);
+        assert!(scope.windows(4).any(|w| w == b"VM02"));
     }
 
     #[test]
@@ -736,7 +860,7 @@ mod tests {
 
     #[test]
     fn tables_do_not_overlap() {
-        let tables = build_acpi_tables(8).unwrap();
+        let tables = build_acpi_tables(8, &[]).unwrap();
         for pair in tables.windows(2) {
             assert!(pair[0].addr + pair[0].bytes.len() as u64 <= pair[1].addr);
             assert_eq!(pair[1].addr % TABLE_ALIGN, 0);
@@ -746,11 +870,11 @@ mod tests {
     #[test]
     fn cpu_count_bounds() {
         assert_eq!(
-            build_acpi_tables(0),
+            build_acpi_tables(0, &[]),
             Err(AcpiError::CpuCount { num_cpus: 0 })
         );
         assert_eq!(
-            build_acpi_tables(255),
+            build_acpi_tables(255, &[]),
             Err(AcpiError::CpuCount { num_cpus: 255 })
         );
     }

@@ -21,6 +21,7 @@ use std::ffi::CStr;
 
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryRegion};
 
+pub use acpi::VirtioMmioSlot;
 pub use gdt::setup_gdt_idt;
 pub use initrd::{load_initrd, load_initrd_below, InitrdError, InitrdRegion};
 pub use kernel::{load_kernel, BootProtocol, KernelError, LoadedKernel};
@@ -43,6 +44,8 @@ pub struct SystemConfig<'a> {
     pub initrd: Option<InitrdRegion>,
     /// Number of vCPUs (APIC ids 0..num_cpus).
     pub num_cpus: u8,
+    /// virtio-mmio slots to describe in the DSDT.
+    pub virtio_mmio: &'a [acpi::VirtioMmioSlot],
 }
 
 /// Errors writing the boot structures.
@@ -122,7 +125,7 @@ pub fn configure_system<M: GuestMemoryBackend>(
 
     let cmdline_len = write_cmdline(mem, cfg.cmdline, cfg.kernel.cmdline_max)?;
     mptable::setup_mptable(mem, cfg.num_cpus)?;
-    acpi::setup_acpi(mem, cfg.num_cpus)?;
+    acpi::setup_acpi(mem, cfg.num_cpus, cfg.virtio_mmio)?;
 
     match cfg.kernel.protocol {
         BootProtocol::Linux64 => {

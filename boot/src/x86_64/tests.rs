@@ -79,6 +79,7 @@ fn linux64_zero_page_128_mib() {
             cmdline: &cmdline,
             initrd: Some(initrd),
             num_cpus: 2,
+            virtio_mmio: &[],
         },
     )
     .unwrap();
@@ -175,6 +176,7 @@ fn bzimage_header_is_kept_and_completed() {
             cmdline: &cmdline,
             initrd: None,
             num_cpus: 1,
+            virtio_mmio: &[],
         },
     )
     .unwrap();
@@ -217,6 +219,7 @@ fn pvh_start_info_and_memmap() {
             cmdline: &cmdline,
             initrd: Some(initrd),
             num_cpus: 4,
+            virtio_mmio: &[],
         },
     )
     .unwrap();
@@ -261,6 +264,7 @@ fn pvh_without_initrd_has_no_modules() {
             cmdline: &cmdline,
             initrd: None,
             num_cpus: 1,
+            virtio_mmio: &[],
         },
     )
     .unwrap();
@@ -304,6 +308,7 @@ fn cmdline_too_long_is_an_error() {
             cmdline: &cmdline,
             initrd: None,
             num_cpus: 1,
+            virtio_mmio: &[],
         },
     )
     .unwrap_err();
@@ -321,6 +326,7 @@ fn cmdline_too_long_is_an_error() {
             cmdline: &cmdline,
             initrd: None,
             num_cpus: 1,
+            virtio_mmio: &[],
         },
     )
     .unwrap();
@@ -334,6 +340,7 @@ fn cmdline_too_long_is_an_error() {
             cmdline: &long,
             initrd: None,
             num_cpus: 1,
+            virtio_mmio: &[],
         },
     )
     .unwrap_err();
@@ -369,6 +376,7 @@ fn initrd_outside_ram_is_an_error() {
             cmdline: &cmdline,
             initrd: Some(initrd),
             num_cpus: 1,
+            virtio_mmio: &[],
         },
     )
     .unwrap_err();
@@ -388,6 +396,7 @@ fn cpu_count_is_validated() {
                 cmdline: &cmdline,
                 initrd: None,
                 num_cpus,
+                virtio_mmio: &[],
             },
         )
         .unwrap_err();
@@ -408,6 +417,7 @@ fn full_boot_sequence_on_small_memory() {
             cmdline: &cmdline,
             initrd: None,
             num_cpus: 1,
+            virtio_mmio: &[],
         },
     )
     .unwrap();

@@ -62,6 +62,9 @@ struct RunArgs {
     /// Boot even on a KVM backend that cannot run standard guest kernels (PVM).
     #[arg(long)]
     force: bool,
+    /// Attach a virtio-rng device (entropy from the host's getrandom).
+    #[arg(long)]
+    rng: bool,
 }
 
 #[derive(Subcommand, Debug)]
@@ -158,6 +161,7 @@ fn run(process_start: Instant, args: RunArgs) -> ExitCode {
         initrd: args.initrd,
         cmdline: args.cmdline,
         console: args.console.clone(),
+        rng: args.rng,
     };
     let _raw = (args.console == ConsoleConfig::Stdio).then(terminal::RawMode::enter);
     let options = LaunchOptions {
