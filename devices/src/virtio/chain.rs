@@ -77,10 +77,11 @@ pub enum ChainError {
 }
 
 /// Reads every descriptor of `chain`, at most `max_descriptors` of them, and
-/// checks that the chain is complete, that readable buffers come before
-/// writable ones and that every buffer lies inside `mem`.
+/// checks that the chain is complete and that readable buffers come before
+/// writable ones. Whether the buffers lie in guest memory is checked
+/// separately ([`check_guest_memory`]), so that a device can still locate
+/// where to report a status.
 pub fn read_chain(
-    mem: &GuestMemoryMmap,
     chain: DescriptorChain<&GuestMemoryMmap>,
     max_descriptors: usize,
 ) -> Result<Vec<Buffer>, ChainError> {
@@ -107,19 +108,6 @@ pub fn read_chain(
                 position: buffers.len(),
             });
         }
-        let access = if buffer.device_writable {
-            Permissions::Write
-        } else {
-            Permissions::Read
-        };
-        // u32 always fits in usize on the 64-bit hosts this VMM supports.
-        if !mem.check_range(buffer.addr, buffer.len as usize, access) {
-            return Err(ChainError::OutsideMemory {
-                head,
-                addr: buffer.addr.0,
-                len: buffer.len,
-            });
-        }
         announces_next = desc.has_next();
         buffers.push(buffer);
     }
@@ -136,6 +124,35 @@ pub fn read_chain(
     Ok(buffers)
 }
 
+impl Buffer {
+    /// Whether the whole buffer lies in `mem`.
+    pub fn is_in(&self, mem: &GuestMemoryMmap) -> bool {
+        let access = if self.device_writable {
+            Permissions::Write
+        } else {
+            Permissions::Read
+        };
+        // u32 always fits in usize on the 64-bit hosts this VMM supports.
+        mem.check_range(self.addr, self.len as usize, access)
+    }
+}
+
+/// Checks that every buffer of the chain with head `head` lies in `mem`.
+pub fn check_guest_memory(
+    mem: &GuestMemoryMmap,
+    head: u16,
+    buffers: &[Buffer],
+) -> Result<(), ChainError> {
+    match buffers.iter().find(|b| !b.is_in(mem)) {
+        Some(b) => Err(ChainError::OutsideMemory {
+            head,
+            addr: b.addr.0,
+            len: b.len,
+        }),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use virtio_queue::QueueT;
@@ -146,7 +163,10 @@ mod tests {
     fn pop_and_read(tq: &TestQueue, max: usize) -> Result<Vec<Buffer>, ChainError> {
         let mut queue = tq.queue();
         let chain = queue.pop_descriptor_chain(tq.mem()).unwrap();
-        read_chain(tq.mem(), chain, max)
+        let head = chain.head_index();
+        let buffers = read_chain(chain, max)?;
+        check_guest_memory(tq.mem(), head, &buffers)?;
+        Ok(buffers)
     }
 
     #[test]

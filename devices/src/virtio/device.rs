@@ -143,3 +143,34 @@ pub trait VirtioDevice: Send {
     /// available request. Before activation this does nothing.
     fn process_queue(&mut self, index: usize) -> Result<(), DeviceError>;
 }
+
+/// Copies the configuration-space bytes at `offset` into `data`, for
+/// [`VirtioDevice::read_config`] implementations backed by a byte array.
+/// Bytes past the end of `config` read as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(start) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(available) = config.get(start..) {
+        let n = available.len().min(data.len());
+        data[..n].copy_from_slice(&available[..n]);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_bytes_past_the_end_read_as_zero() {
+        let config = [1u8, 2, 3, 4];
+        let mut data = [0xffu8; 4];
+        read_config_bytes(&config, 2, &mut data);
+        assert_eq!(data, [3, 4, 0, 0]);
+        read_config_bytes(&config, 4, &mut data);
+        assert_eq!(data, [0; 4]);
+        read_config_bytes(&config, u64::MAX, &mut data);
+        assert_eq!(data, [0; 4]);
+    }
+}

@@ -7,12 +7,14 @@
 //! - [`mmio`]: [`MmioTransport`], one 4 KiB virtio-mmio slot on the MMIO bus.
 //! - [`chain`]: reading a descriptor chain into checked guest buffers.
 //! - [`rng`]: [`Rng`], the entropy device.
+//! - [`block`]: [`Block`], the block device on a raw image file.
 //!
 //! Everything that comes from the guest (register values, ring addresses,
 //! descriptor chains, request headers) is validated before use; a guest can
 //! fail its own requests or put its own device into DEVICE_NEEDS_RESET, but
 //! never panic the VMM or touch memory outside its own.
 
+pub mod block;
 pub mod chain;
 pub mod device;
 pub mod interrupt;
@@ -21,9 +23,10 @@ pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_utils;
 
-pub use chain::{read_chain, Buffer, ChainError};
+pub use block::Block;
+pub use chain::{check_guest_memory, read_chain, Buffer, ChainError};
 pub use device::{
-    ActivateContext, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt,
+    read_config_bytes, ActivateContext, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt,
     INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_RING,
 };
 pub use interrupt::EventFdInterrupt;

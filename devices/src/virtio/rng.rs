@@ -24,7 +24,7 @@ use virtio_bindings::virtio_ids::VIRTIO_ID_RNG;
 use virtio_queue::{DescriptorChain, Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::chain::{read_chain, Buffer, ChainError};
+use super::chain::{check_guest_memory, read_chain, Buffer, ChainError};
 use super::device::{ActivateContext, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt};
 
 /// Size of the request queue.
@@ -190,7 +190,8 @@ fn serve(
     chain: DescriptorChain<&GuestMemoryMmap>,
 ) -> Result<u32, RequestError> {
     let head = chain.head_index();
-    let buffers = read_chain(mem, chain, usize::from(QUEUE_SIZE))?;
+    let buffers = read_chain(chain, usize::from(QUEUE_SIZE))?;
+    check_guest_memory(mem, head, &buffers)?;
     if let Some(position) = buffers.iter().position(|b| !b.device_writable) {
         return Err(RequestError::ReadableBuffer { head, position });
     }

@@ -166,3 +166,43 @@ impl<'a> TestQueue<'a> {
         }
     }
 }
+
+/// A disk image file in the temporary directory, removed on drop.
+pub struct TempImage {
+    path: std::path::PathBuf,
+}
+
+impl TempImage {
+    /// Creates an image holding `contents`.
+    pub fn new(contents: &[u8]) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "devices-virtio-test-{}-{}.img",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::write(&path, contents).unwrap();
+        Self { path }
+    }
+
+    /// Opens the image, read-write or read-only.
+    pub fn open(&self, writable: bool) -> std::fs::File {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&self.path)
+            .unwrap()
+    }
+
+    /// The image's current contents.
+    pub fn contents(&self) -> Vec<u8> {
+        std::fs::read(&self.path).unwrap()
+    }
+}
+
+impl Drop for TempImage {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
