@@ -53,6 +53,9 @@ run_case bzimage /x/vmmctl run --kernel $B --initrd $I --cpus 1 --memory 256 --b
 run_case console-file /x/vmmctl run --kernel $K --initrd $I --console file:/tmp/guest-console.log --cmdline "$CMD -- echo to-the-file"
 echo "=== case console-file-contents begin"; cat /tmp/guest-console.log; echo "=== case console-file-contents end exit=0"
 run_case rng /x/vmmctl run --kernel $K --initrd $I --rng --cmdline "$CMD -- sh -c \"cat /sys/class/misc/hw_random/rng_current; head -c 32 /dev/hwrng | od -An -tx1; grep virtio /proc/interrupts\""
+ROOT="console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/init"
+run_case blk-root /x/vmmctl run --kernel $K --disk /x/root.ext4 --disk /x/data.img,ro --cmdline "$ROOT -- sh -c \"cat /sys/block/vda/ro /sys/block/vdb/ro; echo blk-marker-7f3a9c > /written-by-guest; sync; dd if=/dev/zero of=/dev/vdb bs=512 count=1 conv=fsync; echo dd-exit=\$?\""
+echo "=== case blk-image begin"; echo "marker-count=$(grep -c blk-marker-7f3a9c /x/root.ext4)"; cmp -s /x/data.img /x/data.img.orig && echo "ro-image-unchanged"; echo "=== case blk-image end exit=0"
 run_case bench /x/vmmctl bench boot --runs 3 --kernel $K --initrd $I
 exit 0
 "#
@@ -213,6 +216,31 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
         rng.contains("IO-APIC   5-edge      virtio0"),
         "slot 0 interrupt mapped through ACPI:\n{rng}"
     );
+
+    let (blk, rc) = case("blk-root");
+    assert_eq!(*rc, 0, "{blk}");
+    assert!(
+        blk.contains("EXT4-fs (vda): mounted filesystem"),
+        "root on virtio-blk:\n{blk}"
+    );
+    assert!(blk.contains("vmm-guest: init reached"), "{blk}");
+    assert!(blk.contains("[vdb] 65536 512-byte logical blocks"), "{blk}");
+    assert!(
+        blk.contains("dd-exit=1"),
+        "writing the read-only disk fails:\n{blk}"
+    );
+    let ro_flags: Vec<&str> = blk.lines().filter(|l| *l == "0" || *l == "1").collect();
+    assert_eq!(
+        ro_flags,
+        vec!["0", "1"],
+        "vda writable, vdb read-only:\n{blk}"
+    );
+    let (image, _) = case("blk-image");
+    assert!(
+        image.contains("marker-count=1"),
+        "the guest's write reached the image:\n{image}"
+    );
+    assert!(image.contains("ro-image-unchanged"), "{image}");
 
     let (bench, rc) = case("bench");
     assert_eq!(*rc, 0, "{bench}");

@@ -95,6 +95,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
         cmdline: String::new(),
         console: ConsoleConfig::None,
         rng: false,
+        disks: Vec::new(),
     }
     .validate(&limits)
     .map_err(LaunchError::from)?;
@@ -131,6 +132,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
                 cmdline: cfg.cmdline.clone(),
                 console: ConsoleConfig::None,
                 rng: false,
+                disks: Vec::new(),
             }
             .validate(&limits)
             .map_err(LaunchError::from)?;

@@ -69,6 +69,7 @@ pub fn synthetic_vm(kvm: &Hypervisor, code: &[u8], vcpus: u32, start_all_vcpus: 
         cmdline: "synthetic".into(),
         console: ConsoleConfig::None,
         rng: false,
+        disks: Vec::new(),
     }
     .validate(&HostLimits::probe(kvm.kvm()).unwrap())
     .unwrap();

@@ -29,6 +29,42 @@ pub enum ConsoleConfig {
     None,
 }
 
+/// A virtio-blk disk backed by a raw image file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The raw image.
+    pub path: PathBuf,
+    /// Expose it read-only (the file is opened read-only too).
+    pub read_only: bool,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+
+    /// Parses `PATH[,ro]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (path, read_only) = match s.rsplit_once(',') {
+            Some((path, "ro")) => (path, true),
+            Some((path, "rw")) => (path, false),
+            Some((_, option)) => {
+                return Err(format!(
+                    "unknown disk option `{option}` in `{s}` (expected PATH[,ro])"
+                ))
+            }
+            None => (s, false),
+        };
+        if path.is_empty() {
+            return Err(format!(
+                "invalid disk `{s}`: empty path (expected PATH[,ro])"
+            ));
+        }
+        Ok(DiskConfig {
+            path: path.into(),
+            read_only,
+        })
+    }
+}
+
 /// What a user asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -46,6 +82,8 @@ pub struct VmConfig {
     pub console: ConsoleConfig,
     /// Attach a virtio-rng device fed from the host's getrandom.
     pub rng: bool,
+    /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
+    pub disks: Vec<DiskConfig>,
 }
 
 /// Facts about the host a configuration is checked against.
@@ -178,6 +216,9 @@ impl VmConfig {
         if let Some(initrd) = &self.initrd {
             check_file("initrd", initrd)?;
         }
+        for disk in &self.disks {
+            check_file("disk", &disk.path)?;
+        }
         if self.cmdline.len() > MAX_CMDLINE_LEN {
             return Err(ConfigError::CmdlineTooLong {
                 len: self.cmdline.len(),
@@ -234,6 +275,7 @@ mod tests {
             cmdline: "console=ttyS0".into(),
             console: ConsoleConfig::None,
             rng: false,
+            disks: Vec::new(),
         }
     }
 
@@ -338,6 +380,35 @@ mod tests {
         );
         c.cmdline = "a\0b".into();
         assert_eq!(c.validate(&LIMITS), Err(ConfigError::CmdlineNul));
+    }
+
+    #[test]
+    fn rejects_missing_disk() {
+        let (_f, k) = kernel_file();
+        let mut c = config(k);
+        c.disks = vec!["/nonexistent/disk.img".parse().unwrap()];
+        assert!(matches!(
+            c.validate(&LIMITS),
+            Err(ConfigError::BadFile { what: "disk", .. })
+        ));
+    }
+
+    #[test]
+    fn parses_disk_arguments() {
+        let d: DiskConfig = "/a/b.img".parse().unwrap();
+        assert_eq!((d.path.to_str().unwrap(), d.read_only), ("/a/b.img", false));
+        let d: DiskConfig = "/a/b.img,ro".parse().unwrap();
+        assert_eq!((d.path.to_str().unwrap(), d.read_only), ("/a/b.img", true));
+        let d: DiskConfig = "/a/x,y.img,rw".parse().unwrap();
+        assert_eq!(
+            (d.path.to_str().unwrap(), d.read_only),
+            ("/a/x,y.img", false)
+        );
+        assert!("/a/b.img,bogus"
+            .parse::<DiskConfig>()
+            .unwrap_err()
+            .contains("bogus"));
+        assert!(",ro".parse::<DiskConfig>().is_err());
     }
 
     #[test]

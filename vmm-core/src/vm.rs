@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use boot::x86_64 as arch_boot;
 use boot::x86_64::layout;
-use devices::virtio::Rng;
+use devices::virtio::{Block, Rng};
 use devices::{
     AcpiPm, BootTimer, BootTimestamp, Bus, BusDevice, ConsoleOutput, DebugPort, Serial, I8042,
 };
@@ -236,6 +236,12 @@ impl Vm {
         )?;
         let mut mmio = mmio;
         let mut virtio = VirtioSlots::new();
+        for disk in &cfg.disks {
+            let block = open_disk(disk)?;
+            virtio
+                .attach(&vm_fd, &mut mmio, &memory, Arc::new(Mutex::new(block)))
+                .map_err(|e| device_err("virtio-blk")(e.to_string()))?;
+        }
         if cfg.rng {
             virtio
                 .attach(&vm_fd, &mut mmio, &memory, Arc::new(Mutex::new(Rng::new())))
@@ -349,6 +355,24 @@ impl Vm {
         }
         Ok(running)
     }
+}
+
+/// Opens a disk image (read-only when asked) as a virtio-blk device.
+fn open_disk(disk: &crate::config::DiskConfig) -> Result<Block, VmError> {
+    let shown = disk.path.display().to_string();
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(!disk.read_only)
+        .open(&disk.path)
+        .map_err(|source| VmError::Open {
+            what: "disk",
+            path: shown.clone(),
+            source,
+        })?;
+    Block::new(file, disk.read_only, None).map_err(|e| VmError::Device {
+        what: "virtio-blk",
+        message: format!("{shown}: {e}"),
+    })
 }
 
 fn new_eventfd(what: &'static str) -> Result<EventFd, VmError> {

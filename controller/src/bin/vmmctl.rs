@@ -65,6 +65,10 @@ struct RunArgs {
     /// Attach a virtio-rng device (entropy from the host's getrandom).
     #[arg(long)]
     rng: bool,
+    /// Attach a virtio-blk disk backed by a raw image: `PATH` or `PATH,ro`.
+    /// Repeat for more disks; the guest sees them as vda, vdb, ... in order.
+    #[arg(long, value_name = "PATH[,ro]")]
+    disk: Vec<vmm_core::DiskConfig>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -162,6 +166,7 @@ fn run(process_start: Instant, args: RunArgs) -> ExitCode {
         cmdline: args.cmdline,
         console: args.console.clone(),
         rng: args.rng,
+        disks: args.disk,
     };
     let _raw = (args.console == ConsoleConfig::Stdio).then(terminal::RawMode::enter);
     let options = LaunchOptions {
