@@ -298,3 +298,18 @@ fn run_on_pvm_refuses_a_standard_kernel_with_an_explanation() {
         "refuses promptly"
     );
 }
+
+#[test]
+fn missing_disk_image() {
+    let (s, out) = run_with_good_kernel(&["--disk", "/nonexistent/disk.img"]);
+    assert_clean_failure(&out, "/nonexistent/disk.img");
+    assert_eq!(s.entries(), vec!["vmlinux"], "no leftover files");
+}
+
+#[test]
+fn unknown_disk_option() {
+    let (_s, out) = run_with_good_kernel(&["--disk", "/tmp/x.img,bogus"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown disk option `bogus`"), "{stderr}");
+}
