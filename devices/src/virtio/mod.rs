@@ -8,6 +8,8 @@
 //! - [`chain`]: reading a descriptor chain into checked guest buffers.
 //! - [`rng`]: [`Rng`], the entropy device.
 //! - [`block`]: [`Block`], the block device on a raw image file.
+//! - [`vsock`]: [`Vsock`], the socket device with the hybrid unix-socket
+//!   backend.
 //!
 //! Everything that comes from the guest (register values, ring addresses,
 //! descriptor chains, request headers) is validated before use; a guest can
@@ -22,6 +24,7 @@ pub mod mmio;
 pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_utils;
+pub mod vsock;
 
 pub use block::Block;
 pub use chain::{check_guest_memory, read_chain, Buffer, ChainError};
@@ -35,3 +38,4 @@ pub use mmio::{
     MMIO_SLOT_SIZE, QUEUE_NOTIFY_OFFSET,
 };
 pub use rng::Rng;
+pub use vsock::Vsock;
