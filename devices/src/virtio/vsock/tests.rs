@@ -954,3 +954,118 @@ fn notifications_before_activation_and_foreign_fds_are_ignored() {
     h.activate();
     h.dev.process_host_event(12345).unwrap();
 }
+
+/// The documented event-loop contract, through the real transport: host
+/// readiness goes to `process_host_event`; when it fails, a notification of
+/// the RX queue through the transport puts the device in
+/// DEVICE_NEEDS_RESET.
+#[test]
+fn event_loop_contract_through_the_mmio_transport() {
+    use std::sync::Mutex;
+
+    use crate::bus::BusDevice;
+    use crate::virtio::mmio::{MmioTransport, CONFIG_SPACE_OFFSET};
+
+    const STATUS: u64 = 0x70;
+    const NEEDS_RESET: u32 = 0x40;
+    fn write(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    let dir = TempDir::new();
+    let uds = dir.path().join("v.sock");
+    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_SIZE as usize)]).unwrap();
+    let mut rx = GuestQueue::new(&mem, RX_QUEUE);
+    let tx = GuestQueue::new(&mem, TX_QUEUE);
+    let event = GuestQueue::new(&mem, EVENT_QUEUE);
+    let vsock = Arc::new(Mutex::new(Vsock::new(GUEST_CID, &uds).unwrap()));
+    let fds = vsock.lock().unwrap().host_fds();
+    let interrupt = test_interrupt();
+    let mut transport = MmioTransport::new(vsock.clone(), mem.clone(), interrupt.clone());
+    let notifier = transport.queue_notifier();
+
+    let mut cid = [0u8; 8];
+    transport.read(CONFIG_SPACE_OFFSET, &mut cid);
+    assert_eq!(u64::from_le_bytes(cid), GUEST_CID);
+
+    // The driver's initialisation: ACKNOWLEDGE, DRIVER, VERSION_1,
+    // FEATURES_OK, the three queues, DRIVER_OK.
+    write(&mut transport, STATUS, 1);
+    write(&mut transport, STATUS, 3);
+    write(&mut transport, 0x24, 1);
+    write(&mut transport, 0x20, 1);
+    write(&mut transport, STATUS, 11);
+    for (i, q) in [&rx, &tx, &event].into_iter().enumerate() {
+        write(&mut transport, 0x30, i as u32);
+        write(&mut transport, 0x38, u32::from(QSIZE));
+        write(&mut transport, 0x80, q.desc_table() as u32);
+        write(&mut transport, 0x90, q.avail_ring() as u32);
+        write(&mut transport, 0xa0, q.used_ring() as u32);
+        write(&mut transport, 0x44, 1);
+    }
+    write(&mut transport, STATUS, 15);
+    assert_eq!(transport.status(), 15);
+    assert!(vsock.lock().unwrap().is_activated());
+
+    let pump = |vsock: &Mutex<Vsock>| -> Result<(), DeviceError> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            for &fd in &fds {
+                wait_readable(fd, 10);
+                vsock.lock().unwrap().process_host_event(fd)?;
+            }
+            if Instant::now() > deadline {
+                return Ok(());
+            }
+        }
+    };
+
+    // A good RX buffer and a host client: the guest gets the request.
+    let d = rx.alloc(2);
+    rx.add_chain(
+        &d,
+        &[(rx.buffer(d[0]), 44, W), (rx.buffer(d[1]), RX_DATA, W)],
+    );
+    notifier.notify(RX_QUEUE as u32);
+    let mut client = UnixStream::connect(&uds).unwrap();
+    client.write_all(b"CONNECT 52\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while rx.take_used().is_empty() {
+        assert!(Instant::now() < deadline);
+        for &fd in &fds {
+            wait_readable(fd, 10);
+            vsock.lock().unwrap().process_host_event(fd).unwrap();
+        }
+    }
+    assert_eq!(transport.status() & NEEDS_RESET, 0);
+
+    // A device-readable RX buffer and another client: process_host_event
+    // fails; the RX notification hands the failure to the transport.
+    let d = rx.alloc(2);
+    rx.add_chain(
+        &d,
+        &[(rx.buffer(d[0]), 44, R), (rx.buffer(d[1]), RX_DATA, R)],
+    );
+    let mut client2 = UnixStream::connect(&uds).unwrap();
+    client2.write_all(b"CONNECT 53\n").unwrap();
+    let err = pump(&vsock).unwrap_err();
+    assert!(matches!(
+        err,
+        DeviceError::Queue {
+            queue: RX_QUEUE,
+            ..
+        }
+    ));
+    notifier.notify(RX_QUEUE as u32);
+    assert_ne!(transport.status() & NEEDS_RESET, 0);
+
+    // The driver resets the device: every connection is closed.
+    write(&mut transport, STATUS, 0);
+    assert!(!vsock.lock().unwrap().is_activated());
+    assert_eq!(vsock.lock().unwrap().muxer().connection_count(), 0);
+    let mut buf = [0u8; 1];
+    client
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    assert_eq!(client.read(&mut buf).unwrap(), 0);
+}
