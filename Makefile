@@ -12,7 +12,7 @@ INITRAMFS := $(CACHE)/initramfs/initramfs.cpio.gz
 DEBIAN_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod \
 	linux-source-6.1 busybox-static qemu-system-x86 device-tree-compiler e2fsprogs
 
-.PHONY: all deps build kernel initramfs demo test lint fmt clean-cache
+.PHONY: all deps build kernel initramfs demo test bench lint fmt clean-cache
 
 all: build
 
@@ -52,6 +52,12 @@ initramfs: deps
 ## demo: boot a guest (directly when this host's KVM can, else in the nested test host)
 demo: build kernel initramfs
 	@resources/demo.sh "$(VMMCTL)" "$$(resources/guest-kernel/build.sh)" "$(INITRAMFS)"
+
+## bench: boot latency + VMM memory (direct KVM, and Linux in the nested test host), virtio-blk throughput ratio
+bench: build kernel initramfs
+	$(VMMCTL) bench boot --runs 50
+	@resources/bench/boot.sh "$(VMMCTL)" "$$(resources/guest-kernel/build.sh)" "$(INITRAMFS)"
+	@resources/bench/io.sh "$(VMMCTL)" "$$(resources/guest-kernel/build.sh)" "$(INITRAMFS)"
 
 ## lint: formatting and clippy, warnings are errors
 lint: deps

@@ -40,9 +40,10 @@ CMD="{GUEST_CMDLINE}"
 run_case() {{
     name=$1; shift
     echo "=== case $name begin"
-    timeout 90 "$@" </dev/null >/tmp/case.out 2>&1
+    # Output streams to the console as it comes, so the test host's stall
+    # watchdog sees progress and a hung case is told apart from a frozen host.
+    timeout 90 "$@" </dev/null 2>&1
     rc=$?
-    cat /tmp/case.out
     echo "=== case $name end exit=$rc"
 }}
 run_case kvm-info /x/vmmctl kvm-info
@@ -108,6 +109,10 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
         "resources/initramfs/build.sh",
         &[initramfs.to_str().unwrap()],
     );
+    let root = p.join("root.ext4");
+    script_output("resources/rootfs/build.sh", &[root.to_str().unwrap(), "32"]);
+    std::fs::copy(&root, p.join("data.img")).unwrap();
+    std::fs::copy(&root, p.join("data.img.orig")).unwrap();
     let script_path = p
         .join("..")
         .join(format!("nested-script-{}.sh", std::process::id()));
