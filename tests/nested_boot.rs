@@ -57,6 +57,23 @@ run_case rng /x/vmmctl run --kernel $K --initrd $I --rng --cmdline "$CMD -- sh -
 ROOT="console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/init"
 run_case blk-root /x/vmmctl run --kernel $K --disk /x/root.ext4 --disk /x/data.img,ro --cmdline "$ROOT -- sh -c \"cat /sys/block/vda/ro /sys/block/vdb/ro; echo blk-marker-7f3a9c > /written-by-guest; sync; dd if=/dev/zero of=/dev/vdb bs=512 count=1 conv=fsync; echo dd-exit=\$?\""
 echo "=== case blk-image begin"; echo "marker-count=$(grep -c blk-marker-7f3a9c /x/root.ext4)"; cmp -s /x/data.img /x/data.img.orig && echo "ro-image-unchanged"; echo "=== case blk-image end exit=0"
+echo "=== case vsock begin"
+timeout 180 /x/vmmctl run --kernel $K --initrd /x/initramfs-vsock.cpio.gz --vsock cid=3,uds=/tmp/v.sock --cmdline "$CMD quiet -- /bin/vsock-echo 5000 66" </dev/null >/tmp/vm.out 2>&1 &
+VM=$!
+echo "echo-reply: $(echo hello-vsock | /x/vmmctl vsock-connect --uds /tmp/v.sock --port 5000 --wait 90)"
+head -c 104857600 /dev/urandom >/tmp/big
+want=$(md5sum </tmp/big | cut -d' ' -f1)
+got=$(/x/vmmctl vsock-connect --uds /tmp/v.sock --port 5000 --wait 10 </tmp/big | md5sum | cut -d' ' -f1)
+rm -f /tmp/big
+echo "big-transfer: want=$want got=$got"
+pids=""
+for i in $(seq 64); do (echo "conn-$i" | /x/vmmctl vsock-connect --uds /tmp/v.sock --port 5000 --wait 10 >/tmp/c$i) & pids="$pids $!"; done
+wait $pids
+ok=0; for i in $(seq 64); do [ "$(cat /tmp/c$i)" = "conn-$i" ] && ok=$((ok+1)); done
+echo "concurrent-ok=$ok"
+wait $VM; echo "vm-exit=$?"
+cat /tmp/vm.out
+echo "=== case vsock end exit=0"
 run_case bench /x/vmmctl bench boot --runs 3 --kernel $K --initrd $I
 exit 0
 "#
@@ -108,6 +125,20 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
     script_output(
         "resources/initramfs/build.sh",
         &[initramfs.to_str().unwrap()],
+    );
+    let echo = p.join("vsock-echo");
+    let cc = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&echo)
+        .arg(repo_root().join("tests/guest-tools/vsock_echo.c"))
+        .status()
+        .expect("a C compiler (cc) builds the guest's vsock echo tool");
+    assert!(cc.success(), "cc -static vsock_echo.c failed");
+    let vsock_initramfs = p.join("initramfs-vsock.cpio.gz");
+    let extra = format!("{}:/bin/vsock-echo", echo.display());
+    script_output(
+        "resources/initramfs/build.sh",
+        &[vsock_initramfs.to_str().unwrap(), "--extra", &extra],
     );
     let root = p.join("root.ext4");
     script_output("resources/rootfs/build.sh", &[root.to_str().unwrap(), "32"]);
@@ -246,6 +277,31 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
         "the guest's write reached the image:\n{image}"
     );
     assert!(image.contains("ro-image-unchanged"), "{image}");
+
+    let (vsock, _) = case("vsock");
+    assert!(
+        vsock.contains("echo-reply: hello-vsock"),
+        "host -> guest echo:\n{vsock}"
+    );
+    let big = vsock
+        .lines()
+        .find_map(|l| l.strip_prefix("big-transfer: "))
+        .expect("big transfer line");
+    let (want, got) = big.split_once(' ').unwrap();
+    assert_eq!(
+        want.trim_start_matches("want="),
+        got.trim_start_matches("got="),
+        "100 MiB echoed with the same checksum"
+    );
+    assert!(
+        vsock.contains("concurrent-ok=64"),
+        "64 concurrent connections:\n{vsock}"
+    );
+    assert!(
+        vsock.contains("vsock-echo: done, all connections ok"),
+        "{vsock}"
+    );
+    assert!(vsock.contains("vm-exit=0"), "{vsock}");
 
     let (bench, rc) = case("bench");
     assert_eq!(*rc, 0, "{bench}");

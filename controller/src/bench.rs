@@ -96,6 +96,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
         console: ConsoleConfig::None,
         rng: false,
         disks: Vec::new(),
+        vsock: None,
     }
     .validate(&limits)
     .map_err(LaunchError::from)?;
@@ -133,6 +134,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
                 console: ConsoleConfig::None,
                 rng: false,
                 disks: Vec::new(),
+                vsock: None,
             }
             .validate(&limits)
             .map_err(LaunchError::from)?;

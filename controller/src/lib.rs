@@ -2,6 +2,7 @@
 //! VM from the command line, the boot benchmark, synthetic guests).
 
 pub mod bench;
+pub mod hybrid_vsock;
 pub mod launch;
 pub mod stats;
 pub mod synthetic;

@@ -70,6 +70,7 @@ pub fn synthetic_vm(kvm: &Hypervisor, code: &[u8], vcpus: u32, start_all_vcpus: 
         console: ConsoleConfig::None,
         rng: false,
         disks: Vec::new(),
+        vsock: None,
     }
     .validate(&HostLimits::probe(kvm.kvm()).unwrap())
     .unwrap();

@@ -65,6 +65,47 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
+/// A virtio-vsock device with the hybrid unix-socket backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub cid: u64,
+    /// Host unix socket: clients connect here and send `CONNECT <port>\n`;
+    /// guest connections to host port P go to `<uds>_P`.
+    pub uds: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+
+    /// Parses `cid=N,uds=PATH`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut cid, mut uds) = (None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("cid", v)) => {
+                    cid = Some(
+                        v.parse::<u64>()
+                            .map_err(|e| format!("invalid vsock cid `{v}`: {e}"))?,
+                    )
+                }
+                Some(("uds", v)) if !v.is_empty() => uds = Some(PathBuf::from(v)),
+                _ => {
+                    return Err(format!(
+                        "invalid vsock option `{part}` (expected cid=N,uds=PATH)"
+                    ))
+                }
+            }
+        }
+        match (cid, uds) {
+            (Some(cid), Some(uds)) => Ok(VsockConfig { cid, uds }),
+            _ => Err(format!(
+                "invalid vsock `{s}`: both cid=N and uds=PATH are required"
+            )),
+        }
+    }
+}
+
 /// What a user asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -84,6 +125,8 @@ pub struct VmConfig {
     pub rng: bool,
     /// virtio-blk disks, in the order the guest sees them (vda, vdb, ...).
     pub disks: Vec<DiskConfig>,
+    /// A virtio-vsock device.
+    pub vsock: Option<VsockConfig>,
 }
 
 /// Facts about the host a configuration is checked against.
@@ -276,6 +319,7 @@ mod tests {
             console: ConsoleConfig::None,
             rng: false,
             disks: Vec::new(),
+            vsock: None,
         }
     }
 
@@ -409,6 +453,26 @@ mod tests {
             .unwrap_err()
             .contains("bogus"));
         assert!(",ro".parse::<DiskConfig>().is_err());
+    }
+
+    #[test]
+    fn parses_vsock_arguments() {
+        let v: VsockConfig = "cid=3,uds=/run/v.sock".parse().unwrap();
+        assert_eq!((v.cid, v.uds.to_str().unwrap()), (3, "/run/v.sock"));
+        let v: VsockConfig = "uds=/x,cid=42".parse().unwrap();
+        assert_eq!(v.cid, 42);
+        assert!("cid=3"
+            .parse::<VsockConfig>()
+            .unwrap_err()
+            .contains("required"));
+        assert!("cid=x,uds=/a"
+            .parse::<VsockConfig>()
+            .unwrap_err()
+            .contains("cid"));
+        assert!("cid=3,uds=/a,port=1"
+            .parse::<VsockConfig>()
+            .unwrap_err()
+            .contains("port=1"));
     }
 
     #[test]

@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use devices::virtio::vsock::RX_QUEUE as VSOCK_RX_QUEUE;
+use devices::virtio::{QueueNotifier, Vsock};
 use devices::Serial;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
@@ -134,6 +136,43 @@ impl MutEventSubscriber for QueueNotifications {
     }
 }
 
+/// Host-side readiness of the vsock backend (its unix sockets).
+pub struct VsockHostEvents {
+    /// The device.
+    pub device: Arc<Mutex<Vsock>>,
+    /// Its transport's notifier (an error is reported through it).
+    pub notifier: QueueNotifier,
+}
+
+impl MutEventSubscriber for VsockHostEvents {
+    fn init(&mut self, ops: &mut EventOps) {
+        let fds = self
+            .device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .host_fds();
+        for fd in fds {
+            if let Err(e) = ops.add(Events::new_raw(fd, EventSet::IN)) {
+                tracing::error!("cannot watch a vsock host fd: {e}");
+            }
+        }
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        let result = self
+            .device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .process_host_event(events.fd());
+        if let Err(e) = result {
+            // The device is now failed; the transport learns it on this
+            // notification and sets DEVICE_NEEDS_RESET.
+            tracing::warn!("vsock backend error: {e}");
+            self.notifier.notify(VSOCK_RX_QUEUE as u32);
+        }
+    }
+}
+
 /// A running event thread.
 pub struct EventLoopHandle {
     stop: EventFd,
@@ -163,6 +202,7 @@ impl EventLoop {
         power_off: EventFd,
         console: Option<Arc<Mutex<Serial>>>,
         queue_events: Vec<QueueEvent>,
+        vsock: Option<VsockHostEvents>,
     ) -> std::io::Result<EventLoopHandle> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let lifecycle = Lifecycle {
@@ -184,6 +224,9 @@ impl EventLoop {
         });
         if let Some(console) = &console {
             manager.add_subscriber(console.clone());
+        }
+        if let Some(vsock) = vsock {
+            manager.add_subscriber(Arc::new(Mutex::new(vsock)));
         }
         if !queue_events.is_empty() {
             manager.add_subscriber(Arc::new(Mutex::new(QueueNotifications {

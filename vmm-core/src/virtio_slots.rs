@@ -81,14 +81,15 @@ impl VirtioSlots {
         Self::default()
     }
 
-    /// Places `device` in the next free slot.
+    /// Places `device` in the next free slot; returns the transport's
+    /// notification handle (for devices with host-side events).
     pub fn attach(
         &mut self,
         vm: &VmFd,
         bus: &mut Bus,
         mem: &GuestMemoryMmap,
         device: Arc<Mutex<dyn VirtioDevice>>,
-    ) -> Result<(), SlotError> {
+    ) -> Result<QueueNotifier, SlotError> {
         let slot = self.slots.len() as u32;
         let base = layout::virtio_mmio_addr(slot);
         let irq = layout::virtio_mmio_irq(slot).ok_or(SlotError::NoIrq(slot))?;
@@ -124,6 +125,7 @@ impl VirtioSlots {
                 queue,
             });
         }
+        let notifier = transport.queue_notifier();
         bus.insert(Arc::new(Mutex::new(transport)), base, MMIO_SLOT_SIZE)
             .map_err(|source| SlotError::Bus { slot, source })?;
         self.slots.push(VirtioMmioSlot { base, irq });
@@ -134,7 +136,7 @@ impl VirtioSlots {
             queues = queue_count,
             "virtio-mmio device attached"
         );
-        Ok(())
+        Ok(notifier)
     }
 
     /// The occupied slots, for the DSDT.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use boot::x86_64 as arch_boot;
 use boot::x86_64::layout;
-use devices::virtio::{Block, Rng};
+use devices::virtio::{Block, Rng, Vsock};
 use devices::{
     AcpiPm, BootTimer, BootTimestamp, Bus, BusDevice, ConsoleOutput, DebugPort, Serial, I8042,
 };
@@ -24,7 +24,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConsoleConfig, ValidatedConfig};
 use crate::cpuid::{self, CpuidParams};
-use crate::events::{EventLoop, EventLoopHandle};
+use crate::events::{EventLoop, EventLoopHandle, VsockHostEvents};
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::Hypervisor;
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
@@ -179,6 +179,7 @@ pub struct Vm {
     power_off_evt: EventFd,
     stdin_input: bool,
     queue_events: Vec<QueueEvent>,
+    vsock: Option<VsockHostEvents>,
     build_start: Instant,
 }
 
@@ -242,6 +243,21 @@ impl Vm {
                 .attach(&vm_fd, &mut mmio, &memory, Arc::new(Mutex::new(block)))
                 .map_err(|e| device_err("virtio-blk")(e.to_string()))?;
         }
+        let vsock = match &cfg.vsock {
+            Some(vsock_cfg) => {
+                let device = Arc::new(Mutex::new(
+                    Vsock::new(vsock_cfg.cid, &vsock_cfg.uds).map_err(|e| VmError::Device {
+                        what: "virtio-vsock",
+                        message: format!("{}: {e}", vsock_cfg.uds.display()),
+                    })?,
+                ));
+                let notifier = virtio
+                    .attach(&vm_fd, &mut mmio, &memory, device.clone())
+                    .map_err(|e| device_err("virtio-vsock")(e.to_string()))?;
+                Some(VsockHostEvents { device, notifier })
+            }
+            None => None,
+        };
         if cfg.rng {
             virtio
                 .attach(&vm_fd, &mut mmio, &memory, Arc::new(Mutex::new(Rng::new())))
@@ -294,6 +310,7 @@ impl Vm {
             power_off_evt,
             stdin_input,
             queue_events: virtio.take_queue_events(),
+            vsock,
             build_start: options.build_start,
         })
     }
@@ -318,6 +335,7 @@ impl Vm {
             self.power_off_evt,
             self.stdin_input.then(|| self.devices.serial.clone()),
             self.queue_events,
+            self.vsock,
         )
         .map_err(|source| VmError::Thread {
             what: "vmm-events".into(),

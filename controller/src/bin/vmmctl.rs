@@ -32,6 +32,23 @@ enum Command {
     /// Benchmarks.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Connect to a guest vsock port through a VM's hybrid-vsock socket and
+    /// relay stdin/stdout (like `socat - UNIX:PATH` plus the CONNECT handshake).
+    VsockConnect(VsockConnectArgs),
+}
+
+#[derive(Args, Debug)]
+struct VsockConnectArgs {
+    /// The VM's vsock unix socket (the `uds=` of `run --vsock`).
+    #[arg(long)]
+    uds: PathBuf,
+    /// Guest port.
+    #[arg(long)]
+    port: u32,
+    /// Keep retrying this many seconds while the socket or the guest
+    /// listener is not up yet.
+    #[arg(long, default_value_t = 0)]
+    wait: u64,
 }
 
 #[derive(Args, Debug)]
@@ -69,6 +86,11 @@ struct RunArgs {
     /// Repeat for more disks; the guest sees them as vda, vdb, ... in order.
     #[arg(long, value_name = "PATH[,ro]")]
     disk: Vec<vmm_core::DiskConfig>,
+    /// Attach a virtio-vsock device, hybrid unix-socket backend:
+    /// `cid=N,uds=PATH`. Host clients connect to PATH and send
+    /// `CONNECT <port>\n`; guest connections to host port P go to `PATH_P`.
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    vsock: Option<vmm_core::VsockConfig>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -139,6 +161,7 @@ fn main() -> ExitCode {
         Command::KvmInfo => kvm_info(),
         Command::Run(args) => run(process_start, args),
         Command::Bench(BenchCommand::Boot(args)) => bench(args),
+        Command::VsockConnect(args) => vsock_connect(args),
     }
 }
 
@@ -167,6 +190,7 @@ fn run(process_start: Instant, args: RunArgs) -> ExitCode {
         console: args.console.clone(),
         rng: args.rng,
         disks: args.disk,
+        vsock: args.vsock,
     };
     let _raw = (args.console == ConsoleConfig::Stdio).then(terminal::RawMode::enter);
     let options = LaunchOptions {
@@ -181,6 +205,21 @@ fn run(process_start: Instant, args: RunArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(e),
+    }
+}
+
+fn vsock_connect(args: VsockConnectArgs) -> ExitCode {
+    let stream = match controller::hybrid_vsock::connect_with_retry(
+        &args.uds,
+        args.port,
+        Duration::from_secs(args.wait),
+    ) {
+        Ok(stream) => stream,
+        Err(e) => return fail(e),
+    };
+    match controller::hybrid_vsock::relay_stdio(stream) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("vsock relay: {e}")),
     }
 }
 
