@@ -8,6 +8,7 @@
 //! - [`chain`]: reading a descriptor chain into checked guest buffers.
 //! - [`rng`]: [`Rng`], the entropy device.
 //! - [`block`]: [`Block`], the block device on a raw image file.
+//! - [`net`]: [`Net`], the network device on a tap interface.
 //! - [`vsock`]: [`Vsock`], the socket device with the hybrid unix-socket
 //!   backend.
 //!
@@ -21,6 +22,7 @@ pub mod chain;
 pub mod device;
 pub mod interrupt;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(test)]
 pub(crate) mod test_utils;
@@ -37,5 +39,6 @@ pub use mmio::{
     kernel_cmdline_entry, MmioTransport, QueueConfigError, QueueNotifier, CONFIG_SPACE_OFFSET,
     MMIO_SLOT_SIZE, QUEUE_NOTIFY_OFFSET,
 };
+pub use net::{Net, Tap};
 pub use rng::Rng;
 pub use vsock::Vsock;
