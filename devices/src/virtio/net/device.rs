@@ -60,6 +60,9 @@
 //! Reading resumes when the guest notifies queue 0 after adding buffers,
 //! which the transport delivers as `process_queue(RX_QUEUE)`. Before
 //! activation both do nothing and frames wait in the tap.
+//!
+//! One call has no frame budget: it runs while the host keeps sending and
+//! the guest keeps adding buffers. There is no rate limiter.
 
 use std::io;
 use std::num::Wrapping;
@@ -1150,6 +1153,62 @@ mod tests {
         s.net.process_tap_readable().unwrap();
         assert_eq!(tq.used_idx(), 3);
         assert_eq!(tq.used_elem(2), (2, (HDR + frame.len()) as u32));
+    }
+
+    #[test]
+    fn a_frame_larger_than_a_full_ring_is_dropped_instead_of_stalling() {
+        let mem = test_memory();
+        let mut tq = TestQueue::new(&mem, 16);
+        // 16 chains of 16 bytes: 256 bytes in all.
+        for i in 0..16 {
+            tq.add_chain(&[(DATA_BASE + i * 0x100, 16, W)]);
+        }
+        let mut s = setup(&tq, RX_QUEUE, BASE | MRG);
+        send_to_device(&s, [0; PEER_HDR_LEN], &test_frame(&pattern(300, 20)));
+        s.net.process_tap_readable().unwrap();
+        assert_eq!(tq.used_idx(), 0, "the chains are kept");
+        assert_eq!(s.net.stats().rx_dropped, 1);
+
+        // 12 + 14 + 50 bytes fit in 5 of them.
+        let frame = test_frame(&pattern(50, 21));
+        send_to_device(&s, [0; PEER_HDR_LEN], &frame);
+        s.net.process_tap_readable().unwrap();
+        assert_eq!(tq.used_idx(), 5);
+        assert_eq!(tq.used_elem(4), (4, 12));
+    }
+
+    #[test]
+    fn received_headers_are_checked_against_the_features() {
+        let frame = |flags: u8, gso_type: u8| {
+            let mut f = vec![0u8; HDR + ETH_HLEN + 40];
+            f[0] = flags;
+            f[1] = gso_type;
+            f
+        };
+        let tso4 = VIRTIO_NET_HDR_GSO_TCPV4 as u8;
+        let needs_csum = VIRTIO_NET_HDR_F_NEEDS_CSUM as u8;
+
+        // Without GUEST_CSUM, flags are cleared.
+        let mut f = frame(needs_csum | 2, 0);
+        check_rx_header(&mut f, BASE).unwrap();
+        assert_eq!(f[0], 0);
+        let mut f = frame(needs_csum, 0);
+        check_rx_header(&mut f, BASE | GUEST_CSUM).unwrap();
+        assert_eq!(f[0], needs_csum);
+
+        // GSO only as negotiated; never ECN or unknown types.
+        assert!(check_rx_header(&mut frame(needs_csum, tso4), BASE | GUEST_CSUM).is_err());
+        check_rx_header(&mut frame(needs_csum, tso4), BASE | GUEST_CSUM | GUEST_TSO4).unwrap();
+        let all = BASE | GUEST_CSUM | GUEST_TSO4 | (1 << VIRTIO_NET_F_GUEST_TSO6);
+        assert!(check_rx_header(&mut frame(needs_csum, tso4 | GSO_ECN), all).is_err());
+        assert!(check_rx_header(&mut frame(needs_csum, 5), all).is_err());
+        assert!(
+            check_rx_header(&mut frame(needs_csum, 3), all).is_err(),
+            "UFO not accepted"
+        );
+
+        // Shorter than a header and an Ethernet header.
+        assert!(check_rx_header(&mut [0u8; HDR + ETH_HLEN - 1], BASE).is_err());
     }
 
     /// A TCP segment with 3000 bytes of payload, sent by the host as one
