@@ -74,7 +74,23 @@ echo "concurrent-ok=$ok"
 wait $VM; echo "vm-exit=$?"
 cat /tmp/vm.out
 echo "=== case vsock end exit=0"
-run_case bench /x/vmmctl bench boot --runs 3 --kernel $K --initrd $I
+echo "=== case net begin"
+# vmmctl creates the tap; the host side then gets its link-local address and
+# sends 50 MiB. The guest receives to EOF and checksums before powering off
+# (a sender that powers off right after close could still have data queued).
+head -c 52428800 /dev/urandom >/tmp/net-send
+echo "host-md5=$(md5sum </tmp/net-send | cut -d' ' -f1)"
+(for i in $(seq 300); do ip link set vmmtap0 up 2>/dev/null && break; sleep 0.2; done
+ ip addr add 169.254.10.1/24 dev vmmtap0
+ for i in $(seq 240); do nc 169.254.10.2 5001 </tmp/net-send && break; sleep 0.5; done
+ echo "host-send-done") &
+SENDER=$!
+GUEST_NET="ip link set eth0 up; ip addr add 169.254.10.2/24 dev eth0; for i in 1 2 3 4 5 6 7 8 9 10; do ping -c 1 -W 2 169.254.10.1 >/dev/null && break; done; ping -c 3 169.254.10.1; nc -l -p 5001 >/tmp/f; echo nc-exit=\$?; echo guest-md5=\$(md5sum </tmp/f | cut -d' ' -f1)"
+timeout 150 /x/vmmctl run --kernel $K --initrd $I --memory 256 --net tap=vmmtap0,mac=02:00:00:00:00:02 --cmdline "$CMD quiet -- sh -c \"$GUEST_NET\"" </dev/null 2>&1
+echo "vm-exit=$?"
+wait $SENDER
+rm -f /tmp/net-send
+echo "=== case net end exit=0"
 exit 0
 "#
     )
@@ -149,7 +165,14 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
         .join(format!("nested-script-{}.sh", std::process::id()));
     std::fs::write(&script_path, script()).unwrap();
 
+    // The QEMU test host occasionally freezes as a whole, always seen as a
+    // nested VM starts (measured ~2 in 126 launches; 3 in ~150 VM starts
+    // here): allow four boots, and call it frozen after 120 s of silence
+    // (every case streams its output). Benchmarks run in `make bench`, not
+    // here, to keep VM starts per boot low.
     let out = Command::new(repo_root().join("resources/testhost/run"))
+        .env("TESTHOST_ATTEMPTS", "4")
+        .env("TESTHOST_STALL", "120")
         .arg(p)
         .arg(&script_path)
         .output()
@@ -161,7 +184,7 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
     assert_ne!(
         out.status.code(),
         Some(125),
-        "the QEMU test host froze twice (infrastructure)"
+        "the QEMU test host froze in every attempt (infrastructure)"
     );
     assert!(
         out.status.success(),
@@ -303,14 +326,25 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
     );
     assert!(vsock.contains("vm-exit=0"), "{vsock}");
 
-    let (bench, rc) = case("bench");
-    assert_eq!(*rc, 0, "{bench}");
-    assert!(bench.contains("first-instruction-ms"), "{bench}");
+    let (net, _) = case("net");
     assert!(
-        bench.contains("linux-init-ms (VM build -> guest init"),
-        "{bench}"
+        net.contains("3 packets transmitted, 3 packets received"),
+        "ping over virtio-net:\n{net}"
     );
-    assert!(bench.contains("vmm-rss-mib"), "{bench}");
+    let md5 = |key: &str| {
+        net.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("{key} missing:\n{net}"))
+    };
+    assert_eq!(
+        md5("guest-md5="),
+        md5("host-md5="),
+        "50 MiB TCP transfer host -> guest intact"
+    );
+    assert!(net.contains("nc-exit=0"), "{net}");
+    assert!(net.contains("host-send-done"), "{net}");
+    assert!(net.contains("vm-exit=0"), "{net}");
 }
 
 #[test]

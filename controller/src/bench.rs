@@ -97,6 +97,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
         rng: false,
         disks: Vec::new(),
         vsock: None,
+        nets: Vec::new(),
     }
     .validate(&limits)
     .map_err(LaunchError::from)?;
@@ -135,6 +136,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
                 rng: false,
                 disks: Vec::new(),
                 vsock: None,
+                nets: Vec::new(),
             }
             .validate(&limits)
             .map_err(LaunchError::from)?;

@@ -71,6 +71,7 @@ pub fn synthetic_vm(kvm: &Hypervisor, code: &[u8], vcpus: u32, start_all_vcpus: 
         rng: false,
         disks: Vec::new(),
         vsock: None,
+        nets: Vec::new(),
     }
     .validate(&HostLimits::probe(kvm.kvm()).unwrap())
     .unwrap();

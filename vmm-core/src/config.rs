@@ -106,6 +106,53 @@ impl std::str::FromStr for VsockConfig {
     }
 }
 
+/// A virtio-net device backed by a tap.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetConfig {
+    /// The tap's name (created if it does not exist).
+    pub tap: String,
+    /// The guest's MAC address.
+    pub mac: Option<[u8; 6]>,
+    /// Network namespace to open the tap in (e.g. a CNI netns path).
+    pub netns: Option<PathBuf>,
+}
+
+fn parse_mac(s: &str) -> Result<[u8; 6], String> {
+    let parts: Vec<&str> = s.split(':').collect();
+    let mut mac = [0u8; 6];
+    if parts.len() != 6 {
+        return Err(format!("invalid MAC `{s}` (expected xx:xx:xx:xx:xx:xx)"));
+    }
+    for (byte, part) in mac.iter_mut().zip(parts) {
+        *byte = u8::from_str_radix(part, 16).map_err(|_| format!("invalid MAC `{s}`"))?;
+    }
+    Ok(mac)
+}
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+
+    /// Parses `tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,netns=PATH]`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut tap, mut mac, mut netns) = (None, None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("tap", v)) if !v.is_empty() && v.len() < 16 => tap = Some(v.to_string()),
+                Some(("tap", v)) => return Err(format!("invalid tap name `{v}` (1 to 15 bytes)")),
+                Some(("mac", v)) => mac = Some(parse_mac(v)?),
+                Some(("netns", v)) if !v.is_empty() => netns = Some(PathBuf::from(v)),
+                _ => {
+                    return Err(format!(
+                        "invalid net option `{part}` (expected tap=NAME[,mac=..][,netns=PATH])"
+                    ))
+                }
+            }
+        }
+        let tap = tap.ok_or_else(|| format!("invalid net `{s}`: tap=NAME is required"))?;
+        Ok(NetConfig { tap, mac, netns })
+    }
+}
+
 /// What a user asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -127,6 +174,8 @@ pub struct VmConfig {
     pub disks: Vec<DiskConfig>,
     /// A virtio-vsock device.
     pub vsock: Option<VsockConfig>,
+    /// virtio-net devices (eth0, eth1, ... in the guest).
+    pub nets: Vec<NetConfig>,
 }
 
 /// Facts about the host a configuration is checked against.
@@ -320,6 +369,7 @@ mod tests {
             rng: false,
             disks: Vec::new(),
             vsock: None,
+            nets: Vec::new(),
         }
     }
 
@@ -473,6 +523,26 @@ mod tests {
             .parse::<VsockConfig>()
             .unwrap_err()
             .contains("port=1"));
+    }
+
+    #[test]
+    fn parses_net_arguments() {
+        let n: NetConfig = "tap=tap0".parse().unwrap();
+        assert_eq!((n.tap.as_str(), n.mac, n.netns), ("tap0", None, None));
+        let n: NetConfig = "tap=t1,mac=02:00:00:aa:bb:0c,netns=/run/netns/x"
+            .parse()
+            .unwrap();
+        assert_eq!(n.mac, Some([2, 0, 0, 0xaa, 0xbb, 0x0c]));
+        assert_eq!(n.netns.unwrap().to_str().unwrap(), "/run/netns/x");
+        assert!("mac=02:00:00:00:00:01"
+            .parse::<NetConfig>()
+            .unwrap_err()
+            .contains("required"));
+        assert!("tap=t,mac=zz"
+            .parse::<NetConfig>()
+            .unwrap_err()
+            .contains("MAC"));
+        assert!("tap=averyveryverylongname".parse::<NetConfig>().is_err());
     }
 
     #[test]

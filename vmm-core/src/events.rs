@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use devices::virtio::net::RX_QUEUE as NET_RX_QUEUE;
 use devices::virtio::vsock::RX_QUEUE as VSOCK_RX_QUEUE;
 use devices::virtio::{QueueNotifier, Vsock};
 use devices::Serial;
@@ -173,6 +174,31 @@ impl MutEventSubscriber for VsockHostEvents {
     }
 }
 
+/// Frames arriving on a virtio-net device's tap (edge-triggered: the device
+/// reads until the tap is empty or the guest has no buffers left, and
+/// resumes on the guest's next RX notification).
+pub struct TapEvents {
+    /// The tap fd.
+    pub tap_fd: RawFd,
+    /// The device's transport notifier.
+    pub notifier: QueueNotifier,
+}
+
+impl MutEventSubscriber for TapEvents {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(
+            self.tap_fd,
+            EventSet::IN | EventSet::EDGE_TRIGGERED,
+        )) {
+            tracing::error!("cannot watch a tap fd: {e}");
+        }
+    }
+
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        self.notifier.notify(NET_RX_QUEUE as u32);
+    }
+}
+
 /// A running event thread.
 pub struct EventLoopHandle {
     stop: EventFd,
@@ -203,6 +229,7 @@ impl EventLoop {
         console: Option<Arc<Mutex<Serial>>>,
         queue_events: Vec<QueueEvent>,
         vsock: Option<VsockHostEvents>,
+        taps: Vec<TapEvents>,
     ) -> std::io::Result<EventLoopHandle> {
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let lifecycle = Lifecycle {
@@ -224,6 +251,9 @@ impl EventLoop {
         });
         if let Some(console) = &console {
             manager.add_subscriber(console.clone());
+        }
+        for tap in taps {
+            manager.add_subscriber(Arc::new(Mutex::new(tap)));
         }
         if let Some(vsock) = vsock {
             manager.add_subscriber(Arc::new(Mutex::new(vsock)));

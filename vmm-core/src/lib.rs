@@ -22,7 +22,9 @@ pub mod vm;
 pub mod x86_64;
 
 pub use backend::{BackendKind, KvmInfo};
-pub use config::{ConsoleConfig, DiskConfig, HostLimits, ValidatedConfig, VmConfig, VsockConfig};
+pub use config::{
+    ConsoleConfig, DiskConfig, HostLimits, NetConfig, ValidatedConfig, VmConfig, VsockConfig,
+};
 pub use exit::ExitReason;
 pub use hypervisor::Hypervisor;
 pub use vm::{CoreDevices, ExtraDevice, RunningVm, Vm, VmError, VmOptions};

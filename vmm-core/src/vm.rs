@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use boot::x86_64 as arch_boot;
 use boot::x86_64::layout;
-use devices::virtio::{Block, Rng, Vsock};
+use devices::virtio::{Block, Net, Rng, Tap, Vsock};
 use devices::{
     AcpiPm, BootTimer, BootTimestamp, Bus, BusDevice, ConsoleOutput, DebugPort, Serial, I8042,
 };
@@ -24,7 +24,7 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConsoleConfig, ValidatedConfig};
 use crate::cpuid::{self, CpuidParams};
-use crate::events::{EventLoop, EventLoopHandle, VsockHostEvents};
+use crate::events::{EventLoop, EventLoopHandle, TapEvents, VsockHostEvents};
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::Hypervisor;
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
@@ -180,6 +180,7 @@ pub struct Vm {
     stdin_input: bool,
     queue_events: Vec<QueueEvent>,
     vsock: Option<VsockHostEvents>,
+    taps: Vec<TapEvents>,
     build_start: Instant,
 }
 
@@ -242,6 +243,21 @@ impl Vm {
             virtio
                 .attach(&vm_fd, &mut mmio, &memory, Arc::new(Mutex::new(block)))
                 .map_err(|e| device_err("virtio-blk")(e.to_string()))?;
+        }
+        let mut taps = Vec::with_capacity(cfg.nets.len());
+        for net_cfg in &cfg.nets {
+            let tap = Tap::open_in_netns(&net_cfg.tap, net_cfg.netns.as_deref()).map_err(|e| {
+                VmError::Device {
+                    what: "virtio-net",
+                    message: e.to_string(),
+                }
+            })?;
+            let net = Net::new(tap, net_cfg.mac);
+            let tap_fd = net.tap_fd();
+            let notifier = virtio
+                .attach(&vm_fd, &mut mmio, &memory, Arc::new(Mutex::new(net)))
+                .map_err(|e| device_err("virtio-net")(e.to_string()))?;
+            taps.push(TapEvents { tap_fd, notifier });
         }
         let vsock = match &cfg.vsock {
             Some(vsock_cfg) => {
@@ -311,6 +327,7 @@ impl Vm {
             stdin_input,
             queue_events: virtio.take_queue_events(),
             vsock,
+            taps,
             build_start: options.build_start,
         })
     }
@@ -336,6 +353,7 @@ impl Vm {
             self.stdin_input.then(|| self.devices.serial.clone()),
             self.queue_events,
             self.vsock,
+            self.taps,
         )
         .map_err(|source| VmError::Thread {
             what: "vmm-events".into(),

@@ -91,6 +91,10 @@ struct RunArgs {
     /// `CONNECT <port>\n`; guest connections to host port P go to `PATH_P`.
     #[arg(long, value_name = "cid=N,uds=PATH")]
     vsock: Option<vmm_core::VsockConfig>,
+    /// Attach a virtio-net device backed by a tap (created if missing):
+    /// `tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,netns=PATH]`. Repeatable.
+    #[arg(long, value_name = "tap=NAME[,mac=..][,netns=PATH]")]
+    net: Vec<vmm_core::NetConfig>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -191,6 +195,7 @@ fn run(process_start: Instant, args: RunArgs) -> ExitCode {
         rng: args.rng,
         disks: args.disk,
         vsock: args.vsock,
+        nets: args.net,
     };
     let _raw = (args.console == ConsoleConfig::Stdio).then(terminal::RawMode::enter);
     let options = LaunchOptions {
