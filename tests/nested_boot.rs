@@ -58,7 +58,11 @@ ROOT="console=ttyS0 reboot=k panic=1 root=/dev/vda rw init=/init"
 run_case blk-root /x/vmmctl run --kernel $K --disk /x/root.ext4 --disk /x/data.img,ro --cmdline "$ROOT -- sh -c \"cat /sys/block/vda/ro /sys/block/vdb/ro; echo blk-marker-7f3a9c > /written-by-guest; sync; dd if=/dev/zero of=/dev/vdb bs=512 count=1 conv=fsync; echo dd-exit=\$?\""
 echo "=== case blk-image begin"; echo "marker-count=$(grep -c blk-marker-7f3a9c /x/root.ext4)"; cmp -s /x/data.img /x/data.img.orig && echo "ro-image-unchanged"; echo "=== case blk-image end exit=0"
 echo "=== case vsock begin"
-timeout 180 /x/vmmctl run --kernel $K --initrd /x/initramfs-vsock.cpio.gz --vsock cid=3,uds=/tmp/v.sock --cmdline "$CMD quiet -- /bin/vsock-echo 5000 66" </dev/null >/tmp/vm.out 2>&1 &
+# Guest -> host first (the VMM connects guest port 6000 to /tmp/v.sock_6000),
+# then the guest serves host -> guest connections on port 5000.
+/x/unix-echo /tmp/v.sock_6000 1 >/tmp/unix-echo.out 2>&1 &
+UE=$!
+timeout 180 /x/vmmctl run --kernel $K --initrd /x/initramfs-vsock.cpio.gz --vsock cid=3,uds=/tmp/v.sock --cmdline "$CMD quiet -- sh -c \"/bin/vsock-echo connect 2 6000 10485760; /bin/vsock-echo 5000 66\"" </dev/null >/tmp/vm.out 2>&1 &
 VM=$!
 echo "echo-reply: $(echo hello-vsock | /x/vmmctl vsock-connect --uds /tmp/v.sock --port 5000 --wait 90)"
 head -c 104857600 /dev/urandom >/tmp/big
@@ -72,7 +76,8 @@ wait $pids
 ok=0; for i in $(seq 64); do [ "$(cat /tmp/c$i)" = "conn-$i" ] && ok=$((ok+1)); done
 echo "concurrent-ok=$ok"
 wait $VM; echo "vm-exit=$?"
-cat /tmp/vm.out
+wait $UE
+cat /tmp/vm.out /tmp/unix-echo.out
 echo "=== case vsock end exit=0"
 echo "=== case net begin"
 # vmmctl creates the tap; the host side then gets its link-local address and
@@ -150,6 +155,14 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
         .status()
         .expect("a C compiler (cc) builds the guest's vsock echo tool");
     assert!(cc.success(), "cc -static vsock_echo.c failed");
+    let unix_echo = p.join("unix-echo");
+    let cc = Command::new("cc")
+        .args(["-static", "-O2", "-o"])
+        .arg(&unix_echo)
+        .arg(repo_root().join("tests/guest-tools/unix_echo.c"))
+        .status()
+        .expect("cc builds the test host's unix echo tool");
+    assert!(cc.success(), "cc -static unix_echo.c failed");
     let vsock_initramfs = p.join("initramfs-vsock.cpio.gz");
     let extra = format!("{}:/bin/vsock-echo", echo.display());
     script_output(
