@@ -43,6 +43,24 @@ pub struct ActivateContext {
     pub interrupt: Arc<dyn VirtioInterrupt>,
 }
 
+impl ActivateContext {
+    /// Splits the context into exactly `N` queues (in the device's declared
+    /// order), guest memory and the interrupt; any other queue count is
+    /// [`ActivateError::QueueCount`].
+    #[allow(clippy::type_complexity)]
+    pub fn into_queues<const N: usize>(
+        self,
+    ) -> Result<([Queue; N], GuestMemoryMmap, Arc<dyn VirtioInterrupt>), ActivateError> {
+        let actual = self.queues.len();
+        let queues =
+            <[Queue; N]>::try_from(self.queues).map_err(|_| ActivateError::QueueCount {
+                expected: N,
+                actual,
+            })?;
+        Ok((queues, self.mem, self.interrupt))
+    }
+}
+
 impl std::fmt::Debug for ActivateContext {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ActivateContext")

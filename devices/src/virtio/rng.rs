@@ -106,17 +106,11 @@ impl VirtioDevice for Rng {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let actual = ctx.queues.len();
-        let Ok([queue]) = <[Queue; 1]>::try_from(ctx.queues) else {
-            return Err(ActivateError::QueueCount {
-                expected: 1,
-                actual,
-            });
-        };
+        let ([queue], mem, interrupt) = ctx.into_queues::<1>()?;
         self.active = Some(Active {
-            mem: ctx.mem,
+            mem,
             queue,
-            interrupt: ctx.interrupt,
+            interrupt,
         });
         Ok(())
     }

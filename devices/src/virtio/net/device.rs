@@ -420,23 +420,17 @@ impl VirtioDevice for Net {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let actual = ctx.queues.len();
-        let Ok([rx, tx]) = <[Queue; 2]>::try_from(ctx.queues) else {
-            return Err(ActivateError::QueueCount {
-                expected: 2,
-                actual,
-            });
-        };
+        let ([rx, tx], mem, interrupt) = ctx.into_queues::<2>()?;
         // The features are final now. If the tap refuses the offloads it
         // keeps them off, and plain frames suit every driver.
         if let Err(err) = self.tap.set_offload(offload_flags(self.acked_features)) {
             warn!("virtio-net: guest offloads stay disabled: {err}");
         }
         self.active = Some(Active {
-            mem: ctx.mem,
+            mem,
             rx,
             tx,
-            interrupt: ctx.interrupt,
+            interrupt,
         });
         Ok(())
     }

@@ -339,20 +339,14 @@ impl VirtioDevice for Vsock {
         if self.active.is_some() {
             return Err(ActivateError::AlreadyActive);
         }
-        let actual = ctx.queues.len();
-        let Ok([rx, tx, event]) = <[Queue; 3]>::try_from(ctx.queues) else {
-            return Err(ActivateError::QueueCount {
-                expected: QUEUE_SIZES.len(),
-                actual,
-            });
-        };
+        let ([rx, tx, event], mem, interrupt) = ctx.into_queues::<3>()?;
         info!(guest_cid = self.guest_cid, "virtio-vsock: activated");
         self.active = Some(Active {
-            mem: ctx.mem,
+            mem,
             rx,
             tx,
             _event: event,
-            interrupt: ctx.interrupt,
+            interrupt,
         });
         Ok(())
     }
