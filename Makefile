@@ -12,7 +12,7 @@ INITRAMFS := $(CACHE)/initramfs/initramfs.cpio.gz
 DEBIAN_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod \
 	linux-source-6.1 busybox-static qemu-system-x86 device-tree-compiler e2fsprogs
 
-.PHONY: all deps build kernel initramfs demo test bench lint fmt clean-cache
+.PHONY: all deps build kernel initramfs demo test bench lint fmt clean-cache fuzz
 
 all: build
 
@@ -74,3 +74,10 @@ test: deps kernel lint
 	@awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($$i ~ /^passed/) p += $$(i-1); if ($$i ~ /^failed/) f += $$(i-1) } } \
 	     /^SKIPPED / { if (!seen[$$2]++) k++ } \
 	     END { printf "tests: %d passed, %d failed, %d skipped\n", p - k, f, k }' target/test.log
+
+## fuzz: every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each from the saved corpus; fails on a crash
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS ?= block block_request vsock vsock_packet
+fuzz:
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	@CARGO="$(CARGO)" fuzz/run.sh $(FUZZ_SECONDS) $(FUZZ_TARGETS)
