@@ -68,6 +68,10 @@ lint: deps
 test: deps kernel lint
 	@mkdir -p target
 	$(CARGO) test --release --workspace -- --test-threads=2 --nocapture 2>&1 | tee target/test.log
+	$(CARGO) test --manifest-path fuzz/Cargo.toml 2>&1 | tee -a target/test.log
+	@# Bounded, reproducible fuzzing of the virtio parsers (fixed seed and run count).
+	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked
+	FUZZ_RUNS=$(FUZZ_CI_RUNS) CARGO="$(CARGO)" fuzz/run.sh 0 $(FUZZ_TARGETS) 2>&1 | tee -a target/test.log
 	@grep '^SKIPPED ' target/test.log | sort -u >&2 || true
 	@# One closing line for the whole run. A test that printed SKIPPED returned
 	@# early without checking anything: it is counted as skipped, not passed.
@@ -77,6 +81,7 @@ test: deps kernel lint
 
 ## fuzz: every cargo-fuzz target (fuzz/) for FUZZ_SECONDS each from the saved corpus; fails on a crash
 FUZZ_SECONDS ?= 60
+FUZZ_CI_RUNS ?= 100000
 FUZZ_TARGETS ?= block block_request vsock vsock_packet
 fuzz:
 	@$(CARGO) fuzz --version >/dev/null 2>&1 || $(CARGO) install cargo-fuzz --locked

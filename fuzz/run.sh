@@ -8,6 +8,11 @@
 # or did not run.
 #
 # Usage: fuzz/run.sh SECONDS TARGET...
+# With FUZZ_RUNS=N in the environment each target instead runs exactly N
+# inputs from a fixed seed (FUZZ_SEED, default 1) and a fresh scratch
+# corpus, so the run is reproducible: what `make test` (CI) uses, so that a
+# CI run explores exactly what the same command explored on a developer's
+# machine.
 # Needs cargo-fuzz and a C++ compiler (libfuzzer-sys builds libFuzzer). On
 # a stable toolchain RUSTC_BOOTSTRAP=1 lets rustc take the -Z flags
 # cargo-fuzz passes (-Zsanitizer=address, sanitizer coverage).
@@ -42,13 +47,20 @@ for target in "$@"; do
 		failed+=("$target")
 		continue
 	fi
-	work="fuzz/target/corpus/$target"
 	log="fuzz/target/fuzz-$target.log"
+	if [ -n "${FUZZ_RUNS:-}" ]; then
+		work="fuzz/target/corpus-reproducible/$target"
+		rm -rf "$work"
+		bound=(-runs="$FUZZ_RUNS" -seed="${FUZZ_SEED:-1}")
+	else
+		work="fuzz/target/corpus/$target"
+		bound=(-max_total_time="$seconds")
+	fi
 	mkdir -p "$work"
 	# -timeout: one input running 10 s is a hang (a finding); the outer
 	# timeout only guards against libFuzzer itself never stopping.
-	timeout $((seconds + 300)) "$cargo" fuzz run "$target" "$work" "fuzz/corpus/$target" -- \
-		-max_total_time="$seconds" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
+	timeout $((seconds + 600)) "$cargo" fuzz run "$target" "$work" "fuzz/corpus/$target" -- \
+		"${bound[@]}" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
 		-print_final_stats=1 >"$log" 2>&1
 	rc=$?
 	done_line=$(grep -E '^Done [0-9]+ runs in [0-9]+ second' "$log" | tail -n 1)
