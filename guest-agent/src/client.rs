@@ -1,0 +1,237 @@
+//! Host-side client for the agent: a typed Task API client, the agent's own
+//! events method, and helpers that play the host end of the stdio streams.
+//!
+//! Used by the integration tests and by the host controller.
+
+use std::io::{self, Read, Write};
+use std::os::fd::IntoRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+pub use containerd_shim_protos::api;
+pub use containerd_shim_protos::shim::event::Envelope;
+pub use containerd_shim_protos::TaskClient;
+use protobuf::Message;
+
+use crate::events::{EVENTS_METHOD, EVENTS_SERVICE};
+
+/// Errors of the client helpers.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {what}: {source}")]
+    Connect { what: String, source: io::Error },
+    #[error("hybrid vsock handshake with {path}: {detail}")]
+    Handshake { path: PathBuf, detail: String },
+    #[error("ttrpc: {0}")]
+    Ttrpc(#[from] ttrpc::Error),
+    #[error("decoding event envelope: {0}")]
+    Decode(#[from] protobuf::Error),
+}
+
+/// A connection to the agent: the typed containerd Task client plus the
+/// agent's events method on the same connection.
+#[derive(Clone)]
+pub struct AgentClient {
+    raw: ttrpc::Client,
+    task: TaskClient,
+}
+
+impl AgentClient {
+    /// Connects to an agent listening on a unix socket path.
+    pub fn connect_unix(path: impl AsRef<Path>) -> Result<Self, ClientError> {
+        let path = path.as_ref();
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            what: path.display().to_string(),
+            source,
+        })?;
+        Self::from_stream(stream)
+    }
+
+    /// Uses an already connected stream (for example one that went through
+    /// the hybrid vsock handshake).
+    pub fn from_stream(stream: UnixStream) -> Result<Self, ClientError> {
+        let raw = ttrpc::Client::new(stream.into_raw_fd())?;
+        let task = TaskClient::new(raw.clone());
+        Ok(Self { raw, task })
+    }
+
+    /// Connects through a VMM's hybrid vsock unix socket: sends
+    /// `CONNECT <port>\n`, expects `OK <host port>\n`, then speaks ttrpc.
+    pub fn connect_hybrid_vsock(uds_path: impl AsRef<Path>, port: u32) -> Result<Self, ClientError> {
+        let stream = hybrid_vsock_stream(uds_path.as_ref(), port)?;
+        Self::from_stream(stream)
+    }
+
+    /// The typed containerd Task API client.
+    pub fn task(&self) -> &TaskClient {
+        &self.task
+    }
+
+    /// Waits up to `timeout` for the next event queued in the agent.
+    /// Returns `Ok(None)` when none arrived in time.
+    pub fn next_event(&self, timeout: Duration) -> Result<Option<Envelope>, ClientError> {
+        let timeout_nano = i64::try_from(timeout.as_nanos()).unwrap_or(i64::MAX).max(1);
+        let mut req = ttrpc::Request::new();
+        req.set_service(EVENTS_SERVICE.to_string());
+        req.set_method(EVENTS_METHOD.to_string());
+        req.set_timeout_nano(timeout_nano);
+        req.payload = protobuf::well_known_types::empty::Empty::new().write_to_bytes()?;
+        match self.raw.request(req) {
+            Ok(res) => Ok(Some(Envelope::parse_from_bytes(&res.payload)?)),
+            Err(ttrpc::Error::RpcStatus(s)) if s.code() == ttrpc::Code::DEADLINE_EXCEEDED => {
+                Ok(None)
+            }
+            // The client side gave up at the same deadline before the
+            // agent's DeadlineExceeded arrived.
+            Err(ttrpc::Error::Others(m)) if m.contains("timeout") => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// A ttrpc context with the given timeout (for the typed Task calls).
+pub fn ctx(timeout: Duration) -> ttrpc::context::Context {
+    ttrpc::context::with_duration(timeout)
+}
+
+/// Opens a stream to `port` through a hybrid vsock unix socket.
+pub fn hybrid_vsock_stream(uds_path: &Path, port: u32) -> Result<UnixStream, ClientError> {
+    let handshake = |detail: String| ClientError::Handshake {
+        path: uds_path.to_path_buf(),
+        detail,
+    };
+    let mut stream = UnixStream::connect(uds_path).map_err(|source| ClientError::Connect {
+        what: uds_path.display().to_string(),
+        source,
+    })?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .map_err(|e| handshake(format!("write: {e}")))?;
+    // Read the reply byte by byte so nothing after the newline is consumed.
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 64 {
+        let n = stream
+            .read(&mut byte)
+            .map_err(|e| handshake(format!("read: {e}")))?;
+        if n == 0 {
+            return Err(handshake("connection closed before the reply".into()));
+        }
+        if byte[0] == b'\n' {
+            break;
+        }
+        line.push(byte[0]);
+    }
+    let reply = String::from_utf8_lossy(&line);
+    if !reply.starts_with("OK ") {
+        return Err(handshake(format!("unexpected reply {reply:?}")));
+    }
+    Ok(stream)
+}
+
+/// The host end of one stdio stream: a unix socket the agent dials.
+pub struct StdioListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl StdioListener {
+    /// Binds `<dir>/<name>.sock`.
+    pub fn bind(dir: impl AsRef<Path>, name: &str) -> io::Result<Self> {
+        let path = dir.as_ref().join(format!("{name}.sock"));
+        let listener = UnixListener::bind(&path)?;
+        Ok(Self { listener, path })
+    }
+
+    /// The URL to put in Create/Exec's stdin/stdout/stderr field.
+    pub fn url(&self) -> String {
+        format!("unix://{}", self.path.display())
+    }
+
+    /// Accepts the agent's connection, waiting at most `timeout`.
+    pub fn accept_timeout(&self, timeout: Duration) -> io::Result<UnixStream> {
+        self.listener.set_nonblocking(true)?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match self.listener.accept() {
+                Ok((s, _)) => {
+                    s.set_nonblocking(false)?;
+                    return Ok(s);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "agent did not connect to the stdio socket",
+                        ));
+                    }
+                    thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Accepts in a background thread and reads everything until EOF.
+    pub fn collect(self, timeout: Duration) -> Collector {
+        let (tx, rx) = mpsc::channel();
+        let handle = thread::spawn(move || {
+            let result = self.accept_timeout(timeout).and_then(|mut s| {
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).map(|_| buf)
+            });
+            let _ = tx.send(());
+            result
+        });
+        Collector { handle, done: rx }
+    }
+
+    /// Accepts in a background thread, writes `data`, then closes the
+    /// stream (EOF on the process's stdin) when `close` is true, or keeps
+    /// it open until the agent closes its end.
+    pub fn feed(self, data: Vec<u8>, close: bool, timeout: Duration) -> JoinHandle<io::Result<()>> {
+        thread::spawn(move || {
+            let mut s = self.accept_timeout(timeout)?;
+            s.write_all(&data)?;
+            if close {
+                s.shutdown(std::net::Shutdown::Write)?;
+            } else {
+                // Hold the stream open until the agent goes away.
+                let mut sink = [0u8; 256];
+                while s.read(&mut sink)? > 0 {}
+            }
+            Ok(())
+        })
+    }
+}
+
+impl Drop for StdioListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Bytes collected from one stdout/stderr stream.
+pub struct Collector {
+    handle: JoinHandle<io::Result<Vec<u8>>>,
+    done: mpsc::Receiver<()>,
+}
+
+impl Collector {
+    /// Waits up to `timeout` for EOF and returns all bytes.
+    pub fn wait(self, timeout: Duration) -> io::Result<Vec<u8>> {
+        match self.done.recv_timeout(timeout) {
+            Ok(()) | Err(mpsc::RecvTimeoutError::Disconnected) => self
+                .handle
+                .join()
+                .map_err(|_| io::Error::other("collector thread panicked"))?,
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "stdio stream not closed in time",
+            )),
+        }
+    }
+}
