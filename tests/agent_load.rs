@@ -1,0 +1,122 @@
+//! Load: 50 busybox containers created, started, waited and deleted
+//! concurrently through the guest agent, then nothing may be left: fds,
+//! threads, mounts, cgroups, processes.
+
+#[path = "agent_common/mod.rs"]
+mod agent_common;
+
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use agent_common::*;
+use containerd_shim_protos::api;
+
+const CONTAINERS: usize = 50;
+
+/// Polls `f` until it is at most `baseline`; returns the last value.
+fn settle(baseline: usize, f: impl Fn() -> usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = f();
+        if v <= baseline || Instant::now() > deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn fifty_concurrent_containers_leave_nothing_behind() {
+    let agent = Arc::new(Agent::start("load"));
+    let bundles = Arc::new(TestDir::new("load-bundles"));
+    // Warm-up run so lazily created agent state is part of the baseline.
+    let (st, out) = run_to_completion(
+        &agent,
+        &agent.client,
+        &bundles.path,
+        "warmup",
+        &["echo", "warm"],
+    );
+    assert_eq!((st, out.as_slice()), (0, &b"warm\n"[..]));
+    let fds = agent.fd_count();
+    let threads = agent.thread_count();
+
+    let barrier = Arc::new(Barrier::new(CONTAINERS));
+    let started = Instant::now();
+    let workers: Vec<_> = (0..CONTAINERS)
+        .map(|i| {
+            let (agent, bundles, barrier) = (agent.clone(), bundles.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                // Half share the main connection, half use their own.
+                let client = if i % 2 == 0 {
+                    agent.client.clone()
+                } else {
+                    agent.connect()
+                };
+                let id = format!("load{i}");
+                let msg = format!("container {i}");
+                barrier.wait();
+                let (status, out) = run_to_completion(
+                    &agent,
+                    &client,
+                    &bundles.path,
+                    &id,
+                    &["sh", "-c", &format!("echo {msg}; exit {}", i % 7)],
+                );
+                assert_eq!(status, (i % 7) as u32, "{id} exit status");
+                assert_eq!(
+                    String::from_utf8(out).unwrap(),
+                    format!("{msg}\n"),
+                    "{id} output"
+                );
+            })
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for (i, w) in workers.into_iter().enumerate() {
+        if let Err(e) = w.join() {
+            failures.push(format!(
+                "load{i}: {}",
+                e.downcast_ref::<String>()
+                    .cloned()
+                    .unwrap_or_else(|| format!("{e:?}"))
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {CONTAINERS} containers failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+    println!(
+        "{CONTAINERS} concurrent containers done in {:?}",
+        started.elapsed()
+    );
+
+    let mut r = api::ConnectRequest::new();
+    r.id = String::new();
+    agent
+        .client
+        .connect(ctx(), &r)
+        .expect("agent still serving");
+    agent.assert_clean(&bundles.path);
+    let fds_after = settle(fds, || agent.fd_count());
+    let threads_after = settle(threads, || agent.thread_count());
+    let fd_list: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", agent.pid))
+        .unwrap()
+        .flatten()
+        .map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default()))
+        .collect();
+    assert!(
+        fds_after <= fds,
+        "agent fds: {fds} before, {fds_after} after the load: {fd_list:?}"
+    );
+    assert!(
+        threads_after <= threads,
+        "agent threads: {threads} before, {threads_after} after the load"
+    );
+
+    let agent = Arc::try_unwrap(agent).unwrap_or_else(|_| panic!("agent still shared"));
+    agent.shutdown();
+}
