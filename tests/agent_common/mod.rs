@@ -348,13 +348,7 @@ impl Agent {
 
     /// Mount points in the agent's mount namespace under `path`.
     pub fn mounts_under(&self, path: &Path) -> Vec<String> {
-        let prefix = path.to_str().unwrap();
-        fs::read_to_string(format!("/proc/{}/mountinfo", self.pid))
-            .unwrap()
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|mp| mp == prefix || mp.starts_with(&format!("{prefix}/")))
-            .collect()
+        mount_points(&format!("/proc/{}/mountinfo", self.pid), path)
     }
 
     /// Container cgroup directories left under this agent's cgroup root, in
@@ -404,7 +398,15 @@ impl Agent {
                 .collect::<Vec<_>>()
         );
         let mounts = self.mounts_under(under);
-        assert!(mounts.is_empty(), "mounts left behind: {mounts:?}");
+        assert!(
+            mounts.is_empty(),
+            "mounts left behind in the agent's namespace: {mounts:?}"
+        );
+        let host: Vec<String> = mount_points("/proc/self/mountinfo", under);
+        assert!(
+            host.is_empty(),
+            "mounts leaked into the host's namespace: {host:?}"
+        );
         let cgroups = self.cgroup_dirs();
         assert!(cgroups.is_empty(), "cgroups left behind: {cgroups:?}");
     }
@@ -536,6 +538,17 @@ fn cgroup_root_dirs(root: &str) -> Vec<PathBuf> {
         }
     }
     out.into_iter().filter(|p| p.is_dir()).collect()
+}
+
+/// Mount points listed in `mountinfo` at or under `path`.
+pub fn mount_points(mountinfo: &str, path: &Path) -> Vec<String> {
+    let prefix = path.to_str().unwrap();
+    fs::read_to_string(mountinfo)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|mp| mp == prefix || mp.starts_with(&format!("{prefix}/")))
+        .collect()
 }
 
 /// Direct children of `pid` (all its threads' children).
