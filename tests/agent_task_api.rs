@@ -854,3 +854,58 @@ fn shutdown_cleans_up_running_containers() {
         "agent process {pid} still exists after Shutdown"
     );
 }
+
+#[test]
+fn oom_kill_gives_task_oom_event_and_exit_137() {
+    let agent = Agent::start("oom");
+    let bundles = TestDir::new("oom-bundles");
+    let mut s = spec(
+        &[
+            "sh",
+            "-c",
+            "a=$(yes x | head -c 200000000 | tr -d '\\n'); echo survived",
+        ],
+        false,
+    );
+    s["linux"]["resources"]["memory"]["limit"] = json!(16u64 << 20);
+    let bundle = Bundle::new(&bundles.path, "oom", &s);
+    let out = IoEndpoint::new(&agent.dir.path, "out");
+    let out_url = out.url.clone();
+    let out = out.collect();
+    agent
+        .client
+        .create(ctx(), &create_req("oom", &bundle, false, "", &out_url, ""))
+        .expect("create");
+    agent
+        .client
+        .start(ctx(), &start_req("oom", ""))
+        .expect("start");
+    let w = agent
+        .client
+        .wait(ctx(), &wait_req("oom", ""))
+        .expect("wait");
+    assert_eq!(
+        w.exit_status, 137,
+        "the OOM-killed init did not exit with 128+SIGKILL"
+    );
+    assert_eq!(
+        out.join().unwrap(),
+        b"",
+        "the process survived its memory limit"
+    );
+    let evs = events_until(&agent, "/tasks/exit", "oom");
+    let t = topics(&evs);
+    let oom = evs
+        .iter()
+        .find(|e| e.topic == "/tasks/oom")
+        .unwrap_or_else(|| panic!("no /tasks/oom event before the exit: {t:?}"));
+    let ev: containerd_shim_protos::events::task::TaskOOM =
+        unpack_event(oom.event.as_ref().unwrap());
+    assert_eq!(ev.container_id, "oom");
+    agent
+        .client
+        .delete(ctx(), &delete_req("oom", ""))
+        .expect("delete");
+    agent.assert_clean(&bundles.path);
+    agent.shutdown();
+}
