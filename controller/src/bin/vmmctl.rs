@@ -35,6 +35,13 @@ enum Command {
     /// Connect to a guest vsock port through a VM's hybrid-vsock socket and
     /// relay stdin/stdout (like `socat - UNIX:PATH` plus the CONNECT handshake).
     VsockConnect(VsockConnectArgs),
+    /// Drive a guest agent's Task API (containerd.task.v3): run a container
+    /// from a bundle, exec, state, stats, pause/resume, kill, delete,
+    /// events, shutdown. ADDRESS is `unix:PATH` (an agent started with
+    /// `--listen unix:PATH`) or `hvsock:UDS[:PORT]` (the socket a VM was
+    /// started with, `run --vsock cid=N,uds=UDS`; PORT defaults to the
+    /// agent's 1024). Paths such as --bundle are as the agent sees them.
+    Agent(controller::agent_cli::AgentArgs),
 }
 
 #[derive(Args, Debug)]
@@ -166,6 +173,10 @@ fn main() -> ExitCode {
         Command::Run(args) => run(process_start, args),
         Command::Bench(BenchCommand::Boot(args)) => bench(args),
         Command::VsockConnect(args) => vsock_connect(args),
+        Command::Agent(args) => match controller::agent_cli::run(args) {
+            Ok(code) => code,
+            Err(e) => fail(format!("{e:#}")),
+        },
     }
 }
 

@@ -1,4 +1,4 @@
-//! `agent-ctl`: drives a guest agent's Task API from the host, over the
+//! `vmmctl agent`: drives a guest agent's Task API from the host, over the
 //! agent's unix socket (`--listen unix:PATH`) or a VMM's hybrid vsock socket.
 //!
 //! An operator and test tool: `run` creates, starts, streams, waits for and
@@ -17,7 +17,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use clap::{Parser, Subcommand};
+use clap::{Args, Subcommand};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::MessageField;
 use guest_agent::client::{api, ctx, AgentClient};
@@ -27,17 +27,9 @@ const AGENT_VSOCK_PORT: u32 = 1024;
 /// The host's vsock CID, as the guest dials it.
 const HOST_CID: u32 = 2;
 
-#[derive(Parser)]
-#[command(
-    name = "agent-ctl",
-    about = "Drive a vmm-sandbox guest agent's Task API (containerd.task.v3) from the host",
-    long_about = "Drive a vmm-sandbox guest agent's Task API (containerd.task.v3) from the host.\n\n\
-        ADDRESS is `unix:PATH` (an agent started with `--listen unix:PATH`) or \
-        `hvsock:UDS[:PORT]` (the hybrid vsock socket a VM was started with, \
-        `vmmctl run --vsock cid=N,uds=UDS`; PORT defaults to 1024, the agent's port). \
-        Paths such as --bundle are paths as the agent sees them (inside the VM)."
-)]
-struct Cli {
+/// Arguments of `vmmctl agent`.
+#[derive(Args, Debug)]
+pub struct AgentArgs {
     /// Where the agent listens: unix:PATH or hvsock:UDS[:PORT].
     #[arg(long, short = 'a', value_name = "ADDRESS")]
     address: String,
@@ -48,11 +40,12 @@ struct Cli {
     #[arg(long, default_value_t = 30)]
     timeout: u64,
     #[command(subcommand)]
-    command: Command,
+    command: AgentCommand,
 }
 
-#[derive(Subcommand)]
-enum Command {
+/// One Task API action.
+#[derive(Subcommand, Debug)]
+pub enum AgentCommand {
     /// Create, start, stream the output of, wait for and delete a container;
     /// exits with the container's exit status.
     Run {
@@ -99,6 +92,21 @@ enum Command {
         signal: u32,
         #[arg(long)]
         all: bool,
+    },
+    /// Print a container's cgroup metrics (memory, pids, cpu).
+    Stats {
+        #[arg(long)]
+        id: String,
+    },
+    /// Freeze every process of a container (cgroup freezer).
+    Pause {
+        #[arg(long)]
+        id: String,
+    },
+    /// Thaw a paused container.
+    Resume {
+        #[arg(long)]
+        id: String,
     },
     /// Delete a stopped container.
     Delete {
@@ -334,7 +342,9 @@ fn exit_code(status: u32) -> ExitCode {
     ExitCode::from(u8::try_from(status).unwrap_or(255))
 }
 
-fn run(cli: Cli) -> Result<ExitCode> {
+/// Runs one `vmmctl agent` command; the exit code is the process's exit
+/// status for `run` and `exec`, else success.
+pub fn run(cli: AgentArgs) -> Result<ExitCode> {
     let address = Address::parse(&cli.address)?;
     let call = Duration::from_secs(cli.timeout);
     let agent = address.connect(Duration::from_secs(cli.connect_timeout))?;
@@ -345,7 +355,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         .context("creating a private directory for the stdio sockets")?;
 
     match cli.command {
-        Command::Run {
+        AgentCommand::Run {
             id,
             bundle,
             stdin,
@@ -374,7 +384,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(exit_code(status))
         }
-        Command::Exec {
+        AgentCommand::Exec {
             id,
             exec_id,
             stdin,
@@ -415,7 +425,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("Delete {exec_id}"))?;
             Ok(exit_code(status))
         }
-        Command::State { id, exec_id } => {
+        AgentCommand::State { id, exec_id } => {
             let mut req = api::StateRequest::new();
             req.id = id.clone();
             req.exec_id = exec_id;
@@ -433,7 +443,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        Command::Kill { id, signal, all } => {
+        AgentCommand::Kill { id, signal, all } => {
             let mut req = api::KillRequest::new();
             req.id = id.clone();
             req.signal = signal;
@@ -442,7 +452,34 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 .with_context(|| format!("Kill {id}"))?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Delete { id } => {
+        AgentCommand::Stats { id } => {
+            let mut req = api::StatsRequest::new();
+            req.id = id.clone();
+            let res = task
+                .stats(ctx(call), &req)
+                .with_context(|| format!("Stats {id}"))?;
+            let any = res
+                .stats
+                .into_option()
+                .ok_or_else(|| anyhow!("Stats {id}: the reply carries no metrics"))?;
+            println!("{}", format_metrics(&any)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::Pause { id } => {
+            let mut req = api::PauseRequest::new();
+            req.id = id.clone();
+            task.pause(ctx(call), &req)
+                .with_context(|| format!("Pause {id}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::Resume { id } => {
+            let mut req = api::ResumeRequest::new();
+            req.id = id.clone();
+            task.resume(ctx(call), &req)
+                .with_context(|| format!("Resume {id}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        AgentCommand::Delete { id } => {
             let mut req = api::DeleteRequest::new();
             req.id = id.clone();
             let res = task
@@ -451,7 +488,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             println!("deleted {id}: exit_status={}", res.exit_status);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Events { wait } => {
+        AgentCommand::Events { wait } => {
             while let Some(event) = agent.next_event(Duration::from_secs(wait))? {
                 let kind = event
                     .event
@@ -462,7 +499,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Shutdown => {
+        AgentCommand::Shutdown => {
             let req = api::ShutdownRequest::new();
             match task.shutdown(ctx(call), &req) {
                 Ok(_) => {}
@@ -488,19 +525,35 @@ fn wait(task: &guest_agent::client::TaskClient, id: &str, exec_id: &str) -> Resu
     Ok(res.exit_status)
 }
 
-fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("AGENT_CTL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(io::stderr)
-        .init();
-    match run(Cli::parse()) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("agent-ctl: error: {e:#}");
-            ExitCode::FAILURE
+/// One line of `key=value` pairs from a Stats reply (cgroup v2 or v1 metrics).
+fn format_metrics(any: &Any) -> Result<String> {
+    use containerd_shim_protos::cgroups::metrics as v1;
+    use containerd_shim_protos::cgroups_v2::metrics as v2;
+    use containerd_shim_protos::protobuf::Message;
+    let kind = any.type_url.rsplit('/').next().unwrap_or_default();
+    match kind {
+        "io.containerd.cgroups.v2.Metrics" => {
+            let m = v2::Metrics::parse_from_bytes(&any.value).context("decoding v2 metrics")?;
+            Ok(format!(
+                "cgroup=v2 memory.usage={} memory.limit={} pids.current={} pids.limit={} cpu.usage_usec={}",
+                m.memory.usage,
+                m.memory.usage_limit,
+                m.pids.current,
+                m.pids.limit,
+                m.cpu.usage_usec
+            ))
         }
+        "io.containerd.cgroups.v1.Metrics" => {
+            let m = v1::Metrics::parse_from_bytes(&any.value).context("decoding v1 metrics")?;
+            Ok(format!(
+                "cgroup=v1 memory.usage={} memory.limit={} pids.current={} pids.limit={} cpu.usage_nsec={}",
+                m.memory.usage.usage,
+                m.memory.usage.limit,
+                m.pids.current,
+                m.pids.limit,
+                m.cpu.usage.total
+            ))
+        }
+        other => bail!("Stats: unknown metrics type {other:?}"),
     }
 }
