@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Usage: resources/initramfs/build.sh [OUTPUT.cpio.gz] [--extra SRC:DEST ...]
+# Usage: resources/initramfs/build.sh [OUTPUT.cpio.gz] [--agent PATH] [--extra SRC:DEST ...]
 #
 # Builds the guest initramfs: Debian's busybox-static as /bin/busybox with a
 # symlink for every applet, /dev/console, the standard directories, and
@@ -10,7 +10,13 @@
 # runs the command given after `--` on the kernel command line (printing
 # `vmm-guest: command exit=<status>`), then runs `poweroff -f`.
 #
-# OUTPUT defaults to ${VMM_CACHE_DIR:-/var/cache/vmm-sandbox}/initramfs/initramfs.cpio.gz.
+# --agent PATH makes the sandbox image instead: the statically linked
+# guest agent at PATH becomes /init (/sbin/guest-agent links to it); busybox stays for
+# debugging and `exec`. The agent mounts the filesystems itself, writes the
+# boot-timer byte and serves the Task API on vsock port 1024.
+#
+# OUTPUT defaults to ${VMM_CACHE_DIR:-/var/cache/vmm-sandbox}/initramfs/initramfs.cpio.gz
+# (agent-initramfs.cpio.gz with --agent).
 # --extra SRC:DEST (repeatable) adds a file or a directory tree SRC at the
 # absolute path DEST inside the image (modes kept; a later entry replaces an
 # earlier one, so --extra my-init:/init overrides the init).
@@ -29,6 +35,7 @@ script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 source "$script_dir/../lib/cpio.sh"
 
 output=
+agent=
 extras=()
 while (($#)); do
   case $1 in
@@ -39,6 +46,12 @@ while (($#)); do
       shift 2
       ;;
     --extra=*) extras+=("${1#--extra=}"); shift ;;
+    --agent)
+      (($# >= 2)) || die "--agent needs PATH"
+      agent=$2
+      shift 2
+      ;;
+    --agent=*) agent=${1#--agent=}; shift ;;
     -*) die "unknown option $1 (see --help)" ;;
     *)
       [[ -z "$output" ]] || die "more than one OUTPUT given"
@@ -47,7 +60,16 @@ while (($#)); do
       ;;
   esac
 done
-output=${output:-${VMM_CACHE_DIR:-/var/cache/vmm-sandbox}/initramfs/initramfs.cpio.gz}
+default_name=initramfs.cpio.gz
+[[ -z "$agent" ]] || default_name=agent-initramfs.cpio.gz
+output=${output:-${VMM_CACHE_DIR:-/var/cache/vmm-sandbox}/initramfs/$default_name}
+
+if [[ -n "$agent" ]]; then
+  [[ -f "$agent" && -x "$agent" ]] || die "--agent $agent: not an executable file"
+  if ldd "$agent" >/dev/null 2>&1; then
+    die "--agent $agent is dynamically linked; build it statically (see docs/agent.md)"
+  fi
+fi
 
 for e in "${extras[@]}"; do
   [[ "$e" == *:/* ]] || die "--extra '$e': expected SRC:/absolute/dest"
@@ -84,7 +106,12 @@ while IFS= read -r path; do
   cpio_symlink "/$path" /bin/busybox
   applets=$((applets + 1))
 done < <("$busybox" --list-full | LC_ALL=C sort)
-cpio_file /init 755 "$script_dir/init"
+if [[ -n "$agent" ]]; then
+  cpio_file /init 755 "$agent"
+  cpio_symlink /sbin/guest-agent /init
+else
+  cpio_file /init 755 "$script_dir/init"
+fi
 for e in "${extras[@]}"; do
   src=${e%:/*}
   dest=/${e##*:/}
