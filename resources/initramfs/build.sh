@@ -66,7 +66,9 @@ output=${output:-${VMM_CACHE_DIR:-/var/cache/vmm-sandbox}/initramfs/$default_nam
 
 if [[ -n "$agent" ]]; then
   [[ -f "$agent" && -x "$agent" ]] || die "--agent $agent: not an executable file"
-  if ldd "$agent" >/dev/null 2>&1; then
+  # A static-pie binary has no program interpreter (ldd would call it
+  # "statically linked" and still succeed, so ask the ELF headers).
+  if LC_ALL=C readelf -l "$agent" 2>/dev/null | grep -q 'program interpreter'; then
     die "--agent $agent is dynamically linked; build it statically (see docs/agent.md)"
   fi
 fi
