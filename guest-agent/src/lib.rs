@@ -5,3 +5,4 @@
 
 pub mod client;
 pub mod events;
+pub mod guest_root;
