@@ -5,4 +5,15 @@
 
 pub mod client;
 pub mod events;
+pub mod cgroups;
+pub mod error;
+pub mod mounts;
+pub mod reaper;
+pub mod stdio;
+pub mod validate;
+pub mod container;
+pub mod process;
+pub mod service;
+pub mod init;
+pub mod server;
 pub mod guest_root;

@@ -1,1 +1,94 @@
-fn main() {}
+//! `guest-agent`: the sandbox VM's init and container manager.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use guest_agent::server::{self, Listen, RunOptions};
+use guest_agent::service::Settings;
+
+#[derive(Parser, Debug)]
+#[command(name = "guest-agent", version, about = "Sandbox guest agent (containerd Task API over ttrpc)")]
+struct Cli {
+    /// unix:PATH or vsock:PORT (default in init mode: vsock:1024).
+    #[arg(long)]
+    listen: Option<String>,
+    /// Act as PID 1 (implied when pid is 1 and --listen is absent).
+    #[arg(long)]
+    init: bool,
+    /// Hostname to set in init mode (else kernel cmdline agent.hostname=).
+    #[arg(long)]
+    hostname: Option<String>,
+    /// Directory for container state, shadow bundles and console sockets.
+    #[arg(long, default_value = "/run/guest-agent")]
+    state_dir: PathBuf,
+    /// Parent cgroup of the containers' cgroups.
+    #[arg(long, default_value = "vmm-agent")]
+    cgroup_root: String,
+    /// Log filter (error, warn, info, debug, trace or an env-filter string).
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+
+    let init = cli.init || (std::process::id() == 1 && cli.listen.is_none());
+    let listen = match (&cli.listen, init) {
+        (Some(l), _) => Listen::parse(l),
+        (None, true) => Ok(Listen::Vsock(1024)),
+        (None, false) => {
+            eprintln!("guest-agent: --listen is required unless running as init");
+            return ExitCode::from(2);
+        }
+    };
+    let listen = match listen {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("guest-agent: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = guest_agent::validate::id("cgroup root", &cli.cgroup_root) {
+        eprintln!("guest-agent: --cgroup-root: {e}");
+        return ExitCode::from(2);
+    }
+    if init {
+        // First, while nothing is mounted yet: containers cannot pivot_root
+        // away from the initramfs itself.
+        match guest_agent::guest_root::make_root_pivotable() {
+            Ok(true) => tracing::info!("initramfs root moved onto a bind mount (pivotable)"),
+            Ok(false) => {}
+            Err(e) => tracing::error!("{e}; containers will fail to pivot_root"),
+        }
+        guest_agent::init::setup(cli.hostname.as_deref());
+    }
+    let result = server::run(RunOptions {
+        listen,
+        settings: Settings {
+            state_dir: cli.state_dir,
+            cgroup_root: cli.cgroup_root,
+        },
+        init,
+    });
+    if init {
+        if let Err(e) = &result {
+            tracing::error!("{e}");
+        }
+        guest_agent::init::power_off();
+    }
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
