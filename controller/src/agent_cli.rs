@@ -369,18 +369,18 @@ pub fn run(cli: AgentArgs) -> Result<ExitCode> {
             req.stdout = io.stdout_url.clone();
             req.stderr = io.stderr_url.clone();
             task.create(ctx(call), &req)
-                .with_context(|| format!("Create {id}"))?;
+                .rpc(|| format!("Create {id}"))?;
             let mut start = api::StartRequest::new();
             start.id = id.clone();
             task.start(ctx(call), &start)
-                .with_context(|| format!("Start {id}"))?;
+                .rpc(|| format!("Start {id}"))?;
             let status = wait(task, &id, "")?;
             io.finish()?;
             if !keep {
                 let mut del = api::DeleteRequest::new();
                 del.id = id.clone();
                 task.delete(ctx(call), &del)
-                    .with_context(|| format!("Delete {id}"))?;
+                    .rpc(|| format!("Delete {id}"))?;
             }
             Ok(exit_code(status))
         }
@@ -410,19 +410,19 @@ pub fn run(cli: AgentArgs) -> Result<ExitCode> {
             req.stderr = io.stderr_url.clone();
             req.spec = MessageField::some(spec);
             task.exec(ctx(call), &req)
-                .with_context(|| format!("Exec {exec_id} in {id}"))?;
+                .rpc(|| format!("Exec {exec_id} in {id}"))?;
             let mut start = api::StartRequest::new();
             start.id = id.clone();
             start.exec_id = exec_id.clone();
             task.start(ctx(call), &start)
-                .with_context(|| format!("Start {exec_id}"))?;
+                .rpc(|| format!("Start {exec_id}"))?;
             let status = wait(task, &id, &exec_id)?;
             io.finish()?;
             let mut del = api::DeleteRequest::new();
             del.id = id;
             del.exec_id = exec_id.clone();
             task.delete(ctx(call), &del)
-                .with_context(|| format!("Delete {exec_id}"))?;
+                .rpc(|| format!("Delete {exec_id}"))?;
             Ok(exit_code(status))
         }
         AgentCommand::State { id, exec_id } => {
@@ -431,7 +431,7 @@ pub fn run(cli: AgentArgs) -> Result<ExitCode> {
             req.exec_id = exec_id;
             let state = task
                 .state(ctx(call), &req)
-                .with_context(|| format!("State {id}"))?;
+                .rpc(|| format!("State {id}"))?;
             println!(
                 "id={} exec_id={} pid={} status={:?} exit_status={} bundle={}",
                 state.id,
@@ -449,7 +449,7 @@ pub fn run(cli: AgentArgs) -> Result<ExitCode> {
             req.signal = signal;
             req.all = all;
             task.kill(ctx(call), &req)
-                .with_context(|| format!("Kill {id}"))?;
+                .rpc(|| format!("Kill {id}"))?;
             Ok(ExitCode::SUCCESS)
         }
         AgentCommand::Stats { id } => {
@@ -457,7 +457,7 @@ pub fn run(cli: AgentArgs) -> Result<ExitCode> {
             req.id = id.clone();
             let res = task
                 .stats(ctx(call), &req)
-                .with_context(|| format!("Stats {id}"))?;
+                .rpc(|| format!("Stats {id}"))?;
             let any = res
                 .stats
                 .into_option()
@@ -469,14 +469,14 @@ pub fn run(cli: AgentArgs) -> Result<ExitCode> {
             let mut req = api::PauseRequest::new();
             req.id = id.clone();
             task.pause(ctx(call), &req)
-                .with_context(|| format!("Pause {id}"))?;
+                .rpc(|| format!("Pause {id}"))?;
             Ok(ExitCode::SUCCESS)
         }
         AgentCommand::Resume { id } => {
             let mut req = api::ResumeRequest::new();
             req.id = id.clone();
             task.resume(ctx(call), &req)
-                .with_context(|| format!("Resume {id}"))?;
+                .rpc(|| format!("Resume {id}"))?;
             Ok(ExitCode::SUCCESS)
         }
         AgentCommand::Delete { id } => {
@@ -484,7 +484,7 @@ pub fn run(cli: AgentArgs) -> Result<ExitCode> {
             req.id = id.clone();
             let res = task
                 .delete(ctx(call), &req)
-                .with_context(|| format!("Delete {id}"))?;
+                .rpc(|| format!("Delete {id}"))?;
             println!("deleted {id}: exit_status={}", res.exit_status);
             Ok(ExitCode::SUCCESS)
         }
@@ -514,6 +514,26 @@ pub fn run(cli: AgentArgs) -> Result<ExitCode> {
     }
 }
 
+/// Turns a Task API error into one readable line: the gRPC code and the
+/// agent's message for a status, the transport error otherwise.
+trait RpcResult<T> {
+    fn rpc(self, what: impl FnOnce() -> String) -> Result<T>;
+}
+
+impl<T> RpcResult<T> for containerd_shim_protos::ttrpc::Result<T> {
+    fn rpc(self, what: impl FnOnce() -> String) -> Result<T> {
+        self.map_err(|e| match e {
+            containerd_shim_protos::ttrpc::Error::RpcStatus(status) => anyhow!(
+                "{}: {:?}: {}",
+                what(),
+                status.code(),
+                status.message()
+            ),
+            other => anyhow!("{}: {other}", what()),
+        })
+    }
+}
+
 /// Waits (without a deadline) for a process and returns its exit status.
 fn wait(task: &guest_agent::client::TaskClient, id: &str, exec_id: &str) -> Result<u32> {
     let mut req = api::WaitRequest::new();
@@ -521,7 +541,7 @@ fn wait(task: &guest_agent::client::TaskClient, id: &str, exec_id: &str) -> Resu
     req.exec_id = exec_id.to_string();
     let res = task
         .wait(containerd_shim_protos::ttrpc::context::Context::default(), &req)
-        .with_context(|| format!("Wait {id} {exec_id}"))?;
+        .rpc(|| format!("Wait {id} {exec_id}"))?;
     Ok(res.exit_status)
 }
 
