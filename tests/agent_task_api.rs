@@ -21,6 +21,11 @@ use containerd_shim_protos::shim::event::Envelope;
 use containerd_shim_protos::ttrpc::Code;
 use serde_json::json;
 
+/// Stream bytes as text for readable assertion failures.
+fn text(b: Vec<u8>) -> String {
+    String::from_utf8_lossy(&b).into_owned()
+}
+
 fn now_secs() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -175,7 +180,7 @@ fn echo_output_wait_delete_events_and_no_leftovers() {
         String::from_utf8(out.join().unwrap()).unwrap(),
         "hello from agent\n"
     );
-    assert_eq!(err.join().unwrap(), b"", "stderr");
+    assert_eq!(text(err.join().unwrap()), "", "stderr");
 
     let st = state(&agent, "echo1", "");
     assert_eq!(
@@ -272,7 +277,7 @@ fn large_output_is_byte_exact() {
     if let Some(i) = got.iter().zip(want.as_bytes()).position(|(a, b)| a != b) {
         panic!("stdout differs at byte {i}");
     }
-    assert_eq!(err.join().unwrap(), b"to-stderr\n");
+    assert_eq!(text(err.join().unwrap()), "to-stderr\n", "stderr");
     agent
         .client
         .delete(ctx(), &delete_req("big", ""))
@@ -391,8 +396,8 @@ fn exec_processes_signals_and_init_exit_kills_execs() {
         .wait(ctx(), &wait_req("box", "e1"))
         .expect("wait e1");
     assert_eq!(w.exit_status, 7);
-    assert_eq!(out.join().unwrap(), b"exec-out\n");
-    assert_eq!(err.join().unwrap(), b"exec-err\n");
+    assert_eq!(text(out.join().unwrap()), "exec-out\n", "exec stdout");
+    assert_eq!(text(err.join().unwrap()), "exec-err\n", "exec stderr");
     let d = agent
         .client
         .delete(ctx(), &delete_req("box", "e1"))
@@ -436,7 +441,7 @@ fn exec_processes_signals_and_init_exit_kills_execs() {
         .wait(ctx(), &wait_req("box", "e2"))
         .expect("wait e2");
     assert_eq!(w.exit_status, 0);
-    assert_eq!(out.join().unwrap(), b"through stdin\n");
+    assert_eq!(text(out.join().unwrap()), "through stdin\n", "exec stdout");
     agent
         .client
         .delete(ctx(), &delete_req("box", "e2"))
@@ -889,8 +894,8 @@ fn oom_kill_gives_task_oom_event_and_exit_137() {
         "the OOM-killed init did not exit with 128+SIGKILL"
     );
     assert_eq!(
-        out.join().unwrap(),
-        b"",
+        text(out.join().unwrap()),
+        "",
         "the process survived its memory limit"
     );
     let evs = events_until(&agent, "/tasks/exit", "oom");

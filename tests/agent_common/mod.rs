@@ -589,6 +589,23 @@ pub fn code_of<T: std::fmt::Debug>(r: Result<T, ttrpc::Error>) -> Code {
     }
 }
 
+/// None if `r` failed with `code`, else a description of what happened.
+pub fn code_mismatch<T: std::fmt::Debug>(
+    what: &str,
+    r: Result<T, ttrpc::Error>,
+    code: Code,
+) -> Option<String> {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) if s.code() == code => None,
+        Err(ttrpc::Error::RpcStatus(s)) => Some(format!(
+            "{what}: expected {code:?}, got {:?} ({})",
+            s.code(),
+            s.message
+        )),
+        other => Some(format!("{what}: expected {code:?}, got {other:?}")),
+    }
+}
+
 /// Asserts `r` failed with `code`.
 pub fn expect_code<T: std::fmt::Debug>(what: &str, r: Result<T, ttrpc::Error>, code: Code) {
     match r {
