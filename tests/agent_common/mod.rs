@@ -242,7 +242,8 @@ impl Agent {
             .arg(&state)
             .arg("--cgroup-root")
             .arg(&cgroup_root)
-            .args(["--log-level", "debug"])
+            .arg("--log-level")
+            .arg(std::env::var("AGENT_TEST_LOG_LEVEL").unwrap_or_else(|_| "debug".into()))
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -332,6 +333,46 @@ impl Agent {
                 })
                 .unwrap_or(false)
         })
+    }
+
+    /// The agent's open fds: fd number -> link target.
+    pub fn fds(&self) -> std::collections::BTreeMap<u32, String> {
+        fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_str()?.parse().ok()?;
+                Some((n, fs::read_link(e.path()).ok()?.display().to_string()))
+            })
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until the agent has no fd beyond `base_fds` and at
+    /// most `base_threads` threads; panics naming the extra fds otherwise.
+    pub fn assert_no_fd_thread_leak(
+        &self,
+        base_fds: &std::collections::BTreeMap<u32, String>,
+        base_threads: usize,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (fds, threads) = (self.fds(), self.thread_count());
+            let extra: Vec<_> = fds
+                .iter()
+                .filter(|(n, t)| base_fds.get(n) != Some(t))
+                .collect();
+            if extra.is_empty() && threads <= base_threads {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent leaked: fds not open before: {extra:?} ({} fds now, {} before); \
+                 threads {threads} (before {base_threads})",
+                fds.len(),
+                base_fds.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn fd_count(&self) -> usize {
