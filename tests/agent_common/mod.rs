@@ -225,6 +225,12 @@ impl Agent {
     /// Starts the agent and connects a Task client; panics with the agent's
     /// log if it does not come up within 20 s.
     pub fn start(name: &str) -> Self {
+        let level = std::env::var("AGENT_TEST_LOG_LEVEL").unwrap_or_else(|_| "debug".into());
+        Self::start_with_log_level(name, &level)
+    }
+
+    /// Like `start`, with the agent's `--log-level`.
+    pub fn start_with_log_level(name: &str, log_level: &str) -> Self {
         require_root();
         let dir = TestDir::new(name);
         let socket = dir.join("agent.sock");
@@ -243,7 +249,7 @@ impl Agent {
             .arg("--cgroup-root")
             .arg(&cgroup_root)
             .arg("--log-level")
-            .arg(std::env::var("AGENT_TEST_LOG_LEVEL").unwrap_or_else(|_| "debug".into()))
+            .arg(log_level)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
