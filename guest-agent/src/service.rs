@@ -132,6 +132,7 @@ impl Agent {
                 tracing::warn!(id = %p.container_id, exec = %p.exec_id, "output still open after the exit; reporting the exit anyway");
             }
         }
+        p.wait_start_done(Duration::from_secs(10));
         let pid = p.pid();
         p.set_exited(exit);
         let container = self.container(&p.container_id).ok();
@@ -267,6 +268,13 @@ impl Agent {
     fn start(self: &Arc<Self>, req: &api::StartRequest) -> AgentResult<u32> {
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
+        p.begin_start();
+        let r = self.start_process(&c, &p, req);
+        p.end_start();
+        r
+    }
+
+    fn start_process(self: &Arc<Self>, c: &Arc<Container>, p: &Arc<Proc>, req: &api::StartRequest) -> AgentResult<u32> {
         if p.status() != Status::Created {
             return Err(AgentError::FailedPrecondition(format!(
                 "process {:?} in {:?} was already started",
@@ -306,7 +314,7 @@ impl Agent {
         };
         let (io, child) = io;
         let lc = self.reaper.lc_lock();
-        let started = container::start_exec(&self.paths, &c, &req.exec_id, &spec, &io, child);
+        let started = container::start_exec(&self.paths, c, &req.exec_id, &spec, &io, child);
         let (pid, master) = match started {
             Ok(x) => x,
             Err(e) => {
