@@ -978,3 +978,53 @@ fn rootfs_mounts_from_create_are_mounted_then_unmounted() {
     );
     agent.shutdown();
 }
+
+#[test]
+fn default_bundle_config_from_resources_runs() {
+    // The config.json that resources/bundle/build.sh writes (used by the
+    // demo), with only the process arguments changed.
+    let agent = Agent::start("default-bundle");
+    let bundles = TestDir::new("default-bundle-bundles");
+    let mut s: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bundle_source().join("config.json")).unwrap())
+            .unwrap();
+    s["process"]["args"] = json!([
+        "sh",
+        "-c",
+        "hostname; id -u; cat /proc/self/status | grep NoNewPrivs"
+    ]);
+    let bundle = Bundle::new(&bundles.path, "dflt", &s);
+    let out = IoEndpoint::new(&agent.dir.path, "out");
+    let out_url = out.url.clone();
+    let out = out.collect();
+    agent
+        .client
+        .create(ctx(), &create_req("dflt", &bundle, false, "", &out_url, ""))
+        .expect("create with the default bundle config");
+    agent
+        .client
+        .start(ctx(), &start_req("dflt", ""))
+        .expect("start");
+    let w = agent
+        .client
+        .wait(ctx(), &wait_req("dflt", ""))
+        .expect("wait");
+    let out = text(out.join().unwrap());
+    assert_eq!(w.exit_status, 0, "output: {out:?}");
+    assert_eq!(
+        out.lines().next(),
+        Some("busybox"),
+        "hostname from the spec"
+    );
+    assert_eq!(
+        memory_limit(&agent, "dflt"),
+        256 << 20,
+        "memory limit of the default config"
+    );
+    agent
+        .client
+        .delete(ctx(), &delete_req("dflt", ""))
+        .expect("delete");
+    agent.assert_clean(&bundles.path);
+    agent.shutdown();
+}
