@@ -354,9 +354,8 @@ impl Agent {
             .ok_or_else(|| AgentError::InvalidArgument("exec: spec is missing".into()))?;
         let mut spec: oci_spec::runtime::Process = serde_json::from_slice(&any.value)
             .map_err(|e| AgentError::InvalidArgument(format!("exec: spec is not an OCI process: {e}")))?;
-        if spec.args().as_ref().is_none_or(|a| a.is_empty()) {
-            return Err(AgentError::InvalidArgument("exec: process.args is empty".into()));
-        }
+        container::check_process(Some(&spec))
+            .map_err(|e| AgentError::InvalidArgument(format!("exec: {e}")))?;
         spec.set_terminal(Some(req.terminal));
         if c.execs().contains_key(&req.exec_id) {
             return Err(AgentError::AlreadyExists(format!("exec {:?} already exists", req.exec_id)));
