@@ -13,18 +13,6 @@ use containerd_shim_protos::api;
 
 const CONTAINERS: usize = 50;
 
-/// Polls `f` until it is at most `baseline`; returns the last value.
-fn settle(baseline: usize, f: impl Fn() -> usize) -> usize {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let v = f();
-        if v <= baseline || Instant::now() > deadline {
-            return v;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 #[test]
 fn fifty_concurrent_containers_leave_nothing_behind() {
     let agent = Arc::new(Agent::start("load"));
@@ -38,7 +26,7 @@ fn fifty_concurrent_containers_leave_nothing_behind() {
         assert_eq!((st, out.as_slice()), (0, &b"warm\n"[..]));
     }
     std::thread::sleep(Duration::from_millis(200));
-    let fds = agent.fd_count();
+    let fds = agent.fds();
     let threads = agent.thread_count();
 
     let barrier = Arc::new(Barrier::new(CONTAINERS));
@@ -99,21 +87,7 @@ fn fifty_concurrent_containers_leave_nothing_behind() {
         .connect(ctx(), &r)
         .expect("agent still serving");
     agent.assert_clean(&bundles.path);
-    let fds_after = settle(fds, || agent.fd_count());
-    let threads_after = settle(threads, || agent.thread_count());
-    let fd_list: Vec<String> = std::fs::read_dir(format!("/proc/{}/fd", agent.pid))
-        .unwrap()
-        .flatten()
-        .map(|e| format!("{:?}", std::fs::read_link(e.path()).unwrap_or_default()))
-        .collect();
-    assert!(
-        fds_after <= fds,
-        "agent fds: {fds} before, {fds_after} after the load: {fd_list:?}"
-    );
-    assert!(
-        threads_after <= threads,
-        "agent threads: {threads} before, {threads_after} after the load"
-    );
+    agent.assert_no_fd_thread_leak(&fds, threads);
 
     let agent = Arc::try_unwrap(agent).unwrap_or_else(|_| panic!("agent still shared"));
     agent.shutdown();

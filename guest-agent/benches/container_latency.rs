@@ -5,7 +5,8 @@
 //! then runs a busybox container executing `true` RUNS times and reports
 //! p50/p99/min/max of create+start+wait, and of delete separately. Bundle
 //! preparation (copying the rootfs, writing config.json) is not timed.
-//! `BENCH_RUNS` overrides the run count.
+//! `BENCH_RUNS` overrides the run count; the agent logs at `warn` unless
+//! `AGENT_TEST_LOG_LEVEL` says otherwise.
 
 #[path = "../../tests/agent_common/mod.rs"]
 mod agent_common;
@@ -39,13 +40,13 @@ fn report(what: &str, samples: &mut [Duration]) {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing
-    // special either way: any run does the full measurement.
     let runs = std::env::var("BENCH_RUNS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(DEFAULT_RUNS);
-    let agent = Agent::start("bench");
+    // Debug logging of every container would be measured too.
+    let level = std::env::var("AGENT_TEST_LOG_LEVEL").unwrap_or_else(|_| "warn".into());
+    let agent = Agent::start_with_log_level("bench", &level);
     let bundles = TestDir::new("bench-bundles");
     let mut run_times = Vec::with_capacity(runs);
     let mut delete_times = Vec::with_capacity(runs);

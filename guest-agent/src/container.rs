@@ -111,9 +111,7 @@ pub fn prepare_spec(
     if let Some(r) = spec.root_mut().as_mut() {
         r.set_path(root);
     }
-    if spec.process().is_none() {
-        return Err(AgentError::InvalidArgument("config.json has no process".into()));
-    }
+    check_process(spec.process().as_ref())?;
     if let Some(p) = spec.process_mut().as_mut() {
         p.set_terminal(Some(terminal));
     }
@@ -141,6 +139,22 @@ pub fn prepare_spec(
         cgroup_path,
         spec,
     })
+}
+
+/// Checks what libcontainer would only find out inside the forked init
+/// (and report as a broken channel): args present, cwd absolute.
+pub fn check_process(p: Option<&oci_spec::runtime::Process>) -> AgentResult<()> {
+    let p = p.ok_or_else(|| AgentError::InvalidArgument("config.json has no process".into()))?;
+    if p.args().as_ref().is_none_or(|a| a.is_empty() || a[0].is_empty()) {
+        return Err(AgentError::InvalidArgument("process.args must not be empty".into()));
+    }
+    if !p.cwd().is_absolute() {
+        return Err(AgentError::InvalidArgument(format!(
+            "process.cwd {} must be absolute",
+            p.cwd().display()
+        )));
+    }
+    Ok(())
 }
 
 /// Maps libcontainer's errors onto request errors.

@@ -1,6 +1,10 @@
 //! `guest-agent`: the sandbox VM's init and container manager.
 
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -34,9 +38,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Log to a close-on-exec duplicate of stderr rather than fd 2:
+    // libcontainer's forked helpers keep logging after they have put the
+    // container's stderr on fd 2, and those lines must not end up in the
+    // container's output. The writer takes no lock, which matters in the
+    // forked children of this multithreaded process.
+    let log = match log_file() {
+        Ok(f) => Arc::new(f),
+        Err(e) => {
+            eprintln!("guest-agent: cannot duplicate stderr for logging: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(move || LogWriter(log.clone()))
         .with_ansi(false)
         .init();
 
@@ -90,5 +106,22 @@ fn main() -> ExitCode {
             tracing::error!("{e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+fn log_file() -> std::io::Result<File> {
+    let fd: OwnedFd = std::io::stderr().as_fd().try_clone_to_owned()?;
+    Ok(File::from(fd))
+}
+
+/// Unbuffered, lock-free writer on the log fd.
+struct LogWriter(Arc<File>);
+
+impl Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        (&*self.0).write(buf)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

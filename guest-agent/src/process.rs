@@ -32,6 +32,9 @@ pub struct ProcState {
     pub io: Option<RunningIo>,
     /// Exec only: the OCI process to run.
     pub exec_spec: Option<oci_spec::runtime::Process>,
+    /// Start is in progress: its start event is not published yet, so the
+    /// exit event waits (events keep the start-before-exit order).
+    pub starting: bool,
 }
 
 pub struct Proc {
@@ -56,6 +59,7 @@ impl Proc {
                 pending_io: None,
                 io: None,
                 exec_spec: None,
+                starting: false,
             }),
             exited: Condvar::new(),
         }
@@ -75,6 +79,34 @@ impl Proc {
 
     pub fn exit(&self) -> Option<Exit> {
         self.lock().exit
+    }
+
+    /// Marks Start as in progress (see `ProcState::starting`).
+    pub fn begin_start(&self) {
+        self.lock().starting = true;
+    }
+
+    /// Start finished (its event, if any, is published).
+    pub fn end_start(&self) {
+        self.lock().starting = false;
+        self.exited.notify_all();
+    }
+
+    /// Waits (bounded) until no Start is in progress.
+    pub fn wait_start_done(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        while st.starting {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            st = self
+                .exited
+                .wait_timeout(st, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
     }
 
     /// Records the exit and wakes waiters.

@@ -132,6 +132,7 @@ impl Agent {
                 tracing::warn!(id = %p.container_id, exec = %p.exec_id, "output still open after the exit; reporting the exit anyway");
             }
         }
+        p.wait_start_done(Duration::from_secs(10));
         let pid = p.pid();
         p.set_exited(exit);
         let container = self.container(&p.container_id).ok();
@@ -267,6 +268,13 @@ impl Agent {
     fn start(self: &Arc<Self>, req: &api::StartRequest) -> AgentResult<u32> {
         let c = self.container(&req.id)?;
         let p = c.process(&req.exec_id)?;
+        p.begin_start();
+        let r = self.start_process(&c, &p, req);
+        p.end_start();
+        r
+    }
+
+    fn start_process(self: &Arc<Self>, c: &Arc<Container>, p: &Arc<Proc>, req: &api::StartRequest) -> AgentResult<u32> {
         if p.status() != Status::Created {
             return Err(AgentError::FailedPrecondition(format!(
                 "process {:?} in {:?} was already started",
@@ -306,7 +314,7 @@ impl Agent {
         };
         let (io, child) = io;
         let lc = self.reaper.lc_lock();
-        let started = container::start_exec(&self.paths, &c, &req.exec_id, &spec, &io, child);
+        let started = container::start_exec(&self.paths, c, &req.exec_id, &spec, &io, child);
         let (pid, master) = match started {
             Ok(x) => x,
             Err(e) => {
@@ -346,9 +354,8 @@ impl Agent {
             .ok_or_else(|| AgentError::InvalidArgument("exec: spec is missing".into()))?;
         let mut spec: oci_spec::runtime::Process = serde_json::from_slice(&any.value)
             .map_err(|e| AgentError::InvalidArgument(format!("exec: spec is not an OCI process: {e}")))?;
-        if spec.args().as_ref().is_none_or(|a| a.is_empty()) {
-            return Err(AgentError::InvalidArgument("exec: process.args is empty".into()));
-        }
+        container::check_process(Some(&spec))
+            .map_err(|e| AgentError::InvalidArgument(format!("exec: {e}")))?;
         spec.set_terminal(Some(req.terminal));
         if c.execs().contains_key(&req.exec_id) {
             return Err(AgentError::AlreadyExists(format!("exec {:?} already exists", req.exec_id)));

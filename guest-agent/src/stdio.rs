@@ -453,12 +453,14 @@ mod tests {
             io::copy(&mut i, &mut o).unwrap();
         });
         let data: Vec<u8> = (0..3 * 1024 * 1024).map(|i| (i % 251) as u8).collect();
-        let d2 = data.clone();
-        let writer = thread::spawn(move || host_in.write_all(&d2).unwrap());
-        writer.join().unwrap();
+        let reader = thread::spawn(move || {
+            let mut got = Vec::new();
+            host_out.read_to_end(&mut got).unwrap();
+            got
+        });
+        host_in.write_all(&data).unwrap();
         running.close_stdin();
-        let mut got = Vec::new();
-        host_out.read_to_end(&mut got).unwrap();
+        let got = reader.join().unwrap();
         echo.join().unwrap();
         assert_eq!(got.len(), data.len());
         assert!(got == data);

@@ -225,6 +225,12 @@ impl Agent {
     /// Starts the agent and connects a Task client; panics with the agent's
     /// log if it does not come up within 20 s.
     pub fn start(name: &str) -> Self {
+        let level = std::env::var("AGENT_TEST_LOG_LEVEL").unwrap_or_else(|_| "debug".into());
+        Self::start_with_log_level(name, &level)
+    }
+
+    /// Like `start`, with the agent's `--log-level`.
+    pub fn start_with_log_level(name: &str, log_level: &str) -> Self {
         require_root();
         let dir = TestDir::new(name);
         let socket = dir.join("agent.sock");
@@ -242,7 +248,8 @@ impl Agent {
             .arg(&state)
             .arg("--cgroup-root")
             .arg(&cgroup_root)
-            .args(["--log-level", "debug"])
+            .arg("--log-level")
+            .arg(log_level)
             .stdin(Stdio::null())
             .stdout(log_file.try_clone().unwrap())
             .stderr(log_file)
@@ -332,6 +339,46 @@ impl Agent {
                 })
                 .unwrap_or(false)
         })
+    }
+
+    /// The agent's open fds: fd number -> link target.
+    pub fn fds(&self) -> std::collections::BTreeMap<u32, String> {
+        fs::read_dir(format!("/proc/{}/fd", self.pid))
+            .unwrap()
+            .flatten()
+            .filter_map(|e| {
+                let n = e.file_name().to_str()?.parse().ok()?;
+                Some((n, fs::read_link(e.path()).ok()?.display().to_string()))
+            })
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until the agent has no fd beyond `base_fds` and at
+    /// most `base_threads` threads; panics naming the extra fds otherwise.
+    pub fn assert_no_fd_thread_leak(
+        &self,
+        base_fds: &std::collections::BTreeMap<u32, String>,
+        base_threads: usize,
+    ) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let (fds, threads) = (self.fds(), self.thread_count());
+            let extra: Vec<_> = fds
+                .iter()
+                .filter(|(n, t)| base_fds.get(n) != Some(t))
+                .collect();
+            if extra.is_empty() && threads <= base_threads {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent leaked: fds not open before: {extra:?} ({} fds now, {} before); \
+                 threads {threads} (before {base_threads})",
+                fds.len(),
+                base_fds.len()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn fd_count(&self) -> usize {
@@ -586,6 +633,23 @@ pub fn code_of<T: std::fmt::Debug>(r: Result<T, ttrpc::Error>) -> Code {
     match r {
         Err(ttrpc::Error::RpcStatus(s)) => s.code(),
         other => panic!("expected an RPC error status, got {other:?}"),
+    }
+}
+
+/// None if `r` failed with `code`, else a description of what happened.
+pub fn code_mismatch<T: std::fmt::Debug>(
+    what: &str,
+    r: Result<T, ttrpc::Error>,
+    code: Code,
+) -> Option<String> {
+    match r {
+        Err(ttrpc::Error::RpcStatus(s)) if s.code() == code => None,
+        Err(ttrpc::Error::RpcStatus(s)) => Some(format!(
+            "{what}: expected {code:?}, got {:?} ({})",
+            s.code(),
+            s.message
+        )),
+        other => Some(format!("{what}: expected {code:?}, got {other:?}")),
     }
 }
 
