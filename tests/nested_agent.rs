@@ -56,7 +56,7 @@ fn static_agent() -> PathBuf {
     agent
 }
 
-const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd quiet agent.hostname=sandbox-7 -- --log-level debug";
+const CMDLINE: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd quiet agent.hostname=sandbox-7";
 
 fn script() -> String {
     format!(
