@@ -9,10 +9,14 @@ export VMM_CACHE_DIR := $(CACHE)
 CARGO ?= cargo
 VMMCTL := target/release/vmmctl
 INITRAMFS := $(CACHE)/initramfs/initramfs.cpio.gz
+# The guest agent, statically linked (no musl target here: glibc static-pie).
+AGENT_TARGET := x86_64-unknown-linux-gnu
+AGENT_STATIC := target/$(AGENT_TARGET)/release/guest-agent
+AGENT_IMAGE := $(CACHE)/initramfs/agent-initramfs.cpio.gz
 DEBIAN_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod \
 	linux-source-6.1 busybox-static qemu-system-x86 device-tree-compiler e2fsprogs
 
-.PHONY: all deps build kernel initramfs demo test bench lint fmt clean-cache fuzz
+.PHONY: all deps build kernel initramfs agent-image demo test bench lint fmt clean-cache fuzz
 
 all: build
 
@@ -26,10 +30,10 @@ deps:
 	  if [ "$$(id -u)" != 0 ]; then echo "make: run as root (or install:$$missing)" >&2; exit 1; fi; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
-	@# Rust: use the machine's toolchain when it is new enough (1.80+); else
+	@# Rust: use the machine's toolchain when it is new enough (1.85+, for youki's libcontainer); else
 	@# Debian 12's current one (the *-web packages, Rust 1.9x, with clippy and rustfmt).
 	@minor=$$($(CARGO) --version 2>/dev/null | sed -n 's/^cargo 1\.\([0-9]*\).*/\1/p'); \
-	if [ -z "$$minor" ] || [ "$$minor" -lt 80 ]; then \
+	if [ -z "$$minor" ] || [ "$$minor" -lt 85 ]; then \
 	  echo "make: installing Rust from Debian (cargo-web, rustc-web, rust-web-clippy, rustfmt-web)" >&2; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    cargo-web rustc-web rust-web-clippy rustfmt-web >/dev/null; \
@@ -49,13 +53,19 @@ initramfs: deps
 	@mkdir -p $(dir $(INITRAMFS))
 	@resources/initramfs/build.sh $(INITRAMFS) >/dev/null
 
-## demo: boot a guest (directly when this host's KVM can, else in the nested test host)
-demo: build kernel initramfs
-	@resources/demo.sh "$(VMMCTL)" "$$(resources/guest-kernel/build.sh)" "$(INITRAMFS)"
+## agent-image: the static guest agent and the sandbox guest image (agent as /init + demo bundles)
+agent-image: deps
+	RUSTFLAGS="-C target-feature=+crt-static" $(CARGO) build --release -p guest-agent --bin guest-agent --target $(AGENT_TARGET)
+	@resources/initramfs/build-agent-image.sh $(AGENT_STATIC) $(AGENT_IMAGE) >/dev/null
 
-## bench: boot latency + VMM memory (direct KVM, and Linux in the nested test host), virtio-blk throughput ratio
+## demo: boot a sandbox VM and run containers in it through the agent (directly when this host's KVM can, else in the nested test host)
+demo: build kernel agent-image
+	@resources/demo.sh "$(VMMCTL)" "$$(resources/guest-kernel/build.sh)" "$(AGENT_IMAGE)"
+
+## bench: boot latency + VMM memory (direct KVM, and Linux in the nested test host), container create+start+wait latency, virtio-blk/vsock throughput ratios
 bench: build kernel initramfs
 	$(VMMCTL) bench boot --runs 50
+	$(CARGO) bench -p guest-agent --bench container_latency
 	@resources/bench/boot.sh "$(VMMCTL)" "$$(resources/guest-kernel/build.sh)" "$(INITRAMFS)"
 	@resources/bench/io.sh "$(VMMCTL)" "$$(resources/guest-kernel/build.sh)" "$(INITRAMFS)"
 
@@ -65,7 +75,7 @@ lint: deps
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
 ## test: everything (unit, direct-KVM synthetic guests, bad input, nested test host)
-test: deps kernel lint
+test: deps kernel lint agent-image
 	@mkdir -p target
 	$(CARGO) test --release --workspace -- --test-threads=2 --nocapture 2>&1 | tee target/test.log
 	$(CARGO) test --manifest-path fuzz/Cargo.toml 2>&1 | tee -a target/test.log
