@@ -46,7 +46,7 @@ pub fn root_is_initramfs() -> bool {
     let Ok(stat) = nix::sys::statfs::statfs("/") else {
         return false;
     };
-    is_ram_filesystem(stat.filesystem_type().0 as i64) && !Path::new(STAGING_DIR).exists()
+    is_ram_filesystem(stat.filesystem_type().0) && !Path::new(STAGING_DIR).exists()
 }
 
 fn is_ram_filesystem(magic: i64) -> bool {
