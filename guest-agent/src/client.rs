@@ -60,7 +60,10 @@ impl AgentClient {
 
     /// Connects through a VMM's hybrid vsock unix socket: sends
     /// `CONNECT <port>\n`, expects `OK <host port>\n`, then speaks ttrpc.
-    pub fn connect_hybrid_vsock(uds_path: impl AsRef<Path>, port: u32) -> Result<Self, ClientError> {
+    pub fn connect_hybrid_vsock(
+        uds_path: impl AsRef<Path>,
+        port: u32,
+    ) -> Result<Self, ClientError> {
         let stream = hybrid_vsock_stream(uds_path.as_ref(), port)?;
         Self::from_stream(stream)
     }
