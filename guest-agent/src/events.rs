@@ -146,9 +146,9 @@ impl MethodHandler for NextMethod {
         let deadline = u64::try_from(ctx.timeout_nano)
             .ok()
             .filter(|n| *n > 0)
-            .map(|n| {
+            .and_then(|n| {
                 let t = Duration::from_nanos(n);
-                Instant::now() + t - answer_margin(t)
+                Instant::now().checked_add(t - answer_margin(t))
             });
         let cancel = ctx.cancel_rx.clone();
         let cancelled = move || {

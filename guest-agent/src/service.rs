@@ -72,9 +72,9 @@ fn deadline(ctx: &TtrpcContext) -> Option<Instant> {
     u64::try_from(ctx.timeout_nano)
         .ok()
         .filter(|n| *n > 0)
-        .map(|n| {
+        .and_then(|n| {
             let t = Duration::from_nanos(n);
-            Instant::now() + t - (t / 10).min(Duration::from_millis(20))
+            Instant::now().checked_add(t - (t / 10).min(Duration::from_millis(20)))
         })
 }
 
