@@ -1,6 +1,6 @@
 //! Load: 50 busybox containers created, started, waited and deleted
-//! concurrently through the guest agent, then nothing may be left: fds,
-//! threads, mounts, cgroups, processes.
+//! concurrently through the guest agent (two rounds), then nothing may be
+//! left: fds, threads, mounts, cgroups, processes.
 
 #[path = "agent_common/mod.rs"]
 mod agent_common;
@@ -12,6 +12,8 @@ use agent_common::*;
 use containerd_shim_protos::api;
 
 const CONTAINERS: usize = 50;
+/// Rounds of CONTAINERS concurrent containers (leaks checked after each).
+const ROUNDS: usize = 2;
 
 #[test]
 fn fifty_concurrent_containers_leave_nothing_behind() {
@@ -29,6 +31,25 @@ fn fifty_concurrent_containers_leave_nothing_behind() {
     let fds = agent.fds();
     let threads = agent.thread_count();
 
+    for round in 0..ROUNDS {
+        run_round(&agent, &bundles, round);
+        agent.assert_clean(&bundles.path);
+        agent.assert_no_fd_thread_leak(&fds, threads);
+    }
+
+    let mut r = api::ConnectRequest::new();
+    r.id = String::new();
+    agent
+        .client
+        .connect(ctx(), &r)
+        .expect("agent still serving");
+    let agent = Arc::try_unwrap(agent).unwrap_or_else(|_| panic!("agent still shared"));
+    agent.shutdown();
+}
+
+/// One round: CONTAINERS workers, each create+start+wait+delete of its own
+/// container on its own connection, all at once.
+fn run_round(agent: &Arc<Agent>, bundles: &Arc<TestDir>, round: usize) {
     let barrier = Arc::new(Barrier::new(CONTAINERS));
     let started = Instant::now();
     let workers: Vec<_> = (0..CONTAINERS)
@@ -38,10 +59,14 @@ fn fifty_concurrent_containers_leave_nothing_behind() {
                 // Each worker has its own connection (closed when it is done), so the
                 // main connection's ttrpc worker pool is the same idle pool before and
                 // after the load.
-                let client = agent.connect();
-                let id = format!("load{i}");
+                // Half connect before the start signal, half after it, so
+                // ttrpc connection threads come and go while containers are
+                // being created (forks of a busy multi-threaded agent).
+                let early = (i % 2 == 0).then(|| agent.connect());
+                let id = format!("load{round}-{i}");
                 let msg = format!("container {i}");
                 barrier.wait();
+                let client = early.unwrap_or_else(|| agent.connect());
                 let (status, out) = run_to_completion(
                     &agent,
                     &client,
@@ -62,7 +87,7 @@ fn fifty_concurrent_containers_leave_nothing_behind() {
     for (i, w) in workers.into_iter().enumerate() {
         if let Err(e) = w.join() {
             failures.push(format!(
-                "load{i}: {}",
+                "load{round}-{i}: {}",
                 e.downcast_ref::<String>()
                     .cloned()
                     .unwrap_or_else(|| format!("{e:?}"))
@@ -76,19 +101,7 @@ fn fifty_concurrent_containers_leave_nothing_behind() {
         failures.join("\n")
     );
     println!(
-        "{CONTAINERS} concurrent containers done in {:?}",
+        "round {round}: {CONTAINERS} concurrent containers done in {:?}",
         started.elapsed()
     );
-
-    let mut r = api::ConnectRequest::new();
-    r.id = String::new();
-    agent
-        .client
-        .connect(ctx(), &r)
-        .expect("agent still serving");
-    agent.assert_clean(&bundles.path);
-    agent.assert_no_fd_thread_leak(&fds, threads);
-
-    let agent = Arc::try_unwrap(agent).unwrap_or_else(|_| panic!("agent still shared"));
-    agent.shutdown();
 }

@@ -825,9 +825,15 @@ fn pause_and_resume_freeze_the_container() {
 }
 
 #[test]
-fn shutdown_cleans_up_running_containers() {
+fn shutdown_cleans_up_running_and_created_containers() {
     let agent = Agent::start("shutdown");
     let bundles = TestDir::new("shutdown-bundles");
+    // s0 is created but never started.
+    let bundle = Bundle::new(&bundles.path, "s0", &spec(&["sleep", "1000"], false));
+    agent
+        .client
+        .create(ctx(), &create_req("s0", &bundle, false, "", "", ""))
+        .expect("create");
     for id in ["s1", "s2"] {
         let bundle = Bundle::new(&bundles.path, id, &spec(&["sleep", "1000"], false));
         agent
@@ -839,7 +845,12 @@ fn shutdown_cleans_up_running_containers() {
             .start(ctx(), &start_req(id, ""))
             .expect("start");
     }
-    assert!(descendants(agent.pid).len() >= 2, "containers not running");
+    assert!(descendants(agent.pid).len() >= 3, "containers not running");
+    let cgroups = agent.cgroup_dirs();
+    assert!(
+        cgroups.len() >= 3,
+        "container cgroups before Shutdown: {cgroups:?}"
+    );
     let pid = agent.pid;
     // shutdown() asserts the agent exits 0 and no container cgroup is left.
     agent.shutdown();

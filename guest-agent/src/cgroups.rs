@@ -30,13 +30,18 @@ fn manager(cgroup_path: &Path, id: &str) -> AgentResult<libcgroups::common::AnyC
 }
 
 fn is_v2() -> bool {
-    matches!(libcgroups::common::get_cgroup_setup(), Ok(CgroupSetup::Unified))
+    matches!(
+        libcgroups::common::get_cgroup_setup(),
+        Ok(CgroupSetup::Unified)
+    )
 }
 
 fn pack<M: MessageFull>(m: &M) -> AgentResult<Any> {
     let mut any = Any::new();
     any.type_url = M::descriptor().full_name().to_string();
-    any.value = m.write_to_bytes().map_err(|e| AgentError::internal("encoding metrics", e))?;
+    any.value = m
+        .write_to_bytes()
+        .map_err(|e| AgentError::internal("encoding metrics", e))?;
     Ok(any)
 }
 
@@ -234,10 +239,15 @@ fn v1_metrics(s: &libcgroups::stats::Stats) -> v1m::Metrics {
 /// Parses Update's Any: the value is OCI LinuxResources JSON.
 pub fn parse_resources(any: &Any) -> AgentResult<LinuxResources> {
     if any.value.is_empty() {
-        return Err(AgentError::InvalidArgument("update: empty resources".into()));
+        return Err(AgentError::InvalidArgument(
+            "update: empty resources".into(),
+        ));
     }
-    serde_json::from_slice(&any.value)
-        .map_err(|e| AgentError::InvalidArgument(format!("update: resources are not OCI LinuxResources JSON: {e}")))
+    serde_json::from_slice(&any.value).map_err(|e| {
+        AgentError::InvalidArgument(format!(
+            "update: resources are not OCI LinuxResources JSON: {e}"
+        ))
+    })
 }
 
 /// Applies new resource limits to the container's cgroup.
@@ -322,7 +332,10 @@ mod tests {
         let r = parse_resources(&any).unwrap();
         assert_eq!(r.memory().as_ref().unwrap().limit(), Some(67108864));
         any.value = b"{not json".to_vec();
-        assert!(matches!(parse_resources(&any), Err(AgentError::InvalidArgument(_))));
+        assert!(matches!(
+            parse_resources(&any),
+            Err(AgentError::InvalidArgument(_))
+        ));
         any.value.clear();
         assert!(parse_resources(&any).is_err());
     }

@@ -60,7 +60,10 @@ impl AgentClient {
 
     /// Connects through a VMM's hybrid vsock unix socket: sends
     /// `CONNECT <port>\n`, expects `OK <host port>\n`, then speaks ttrpc.
-    pub fn connect_hybrid_vsock(uds_path: impl AsRef<Path>, port: u32) -> Result<Self, ClientError> {
+    pub fn connect_hybrid_vsock(
+        uds_path: impl AsRef<Path>,
+        port: u32,
+    ) -> Result<Self, ClientError> {
         let stream = hybrid_vsock_stream(uds_path.as_ref(), port)?;
         Self::from_stream(stream)
     }
@@ -233,5 +236,79 @@ impl Collector {
                 "stdio stream not closed in time",
             )),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake hybrid vsock endpoint: reads the CONNECT line, answers `reply`,
+    /// then echoes one message.
+    fn fake_vmm(dir: &Path, reply: &'static str) -> (PathBuf, JoinHandle<String>) {
+        let path = dir.join("vsock.sock");
+        let l = UnixListener::bind(&path).unwrap();
+        let h = thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut line = Vec::new();
+            let mut b = [0u8; 1];
+            while s.read(&mut b).unwrap() == 1 && b[0] != b'\n' {
+                line.push(b[0]);
+            }
+            s.write_all(reply.as_bytes()).unwrap();
+            let mut buf = [0u8; 4];
+            if s.read_exact(&mut buf).is_ok() {
+                s.write_all(&buf).unwrap();
+            }
+            String::from_utf8(line).unwrap()
+        });
+        (path, h)
+    }
+
+    #[test]
+    fn hybrid_vsock_handshake_then_raw_bytes() {
+        let d = tempfile::tempdir().unwrap();
+        let (path, h) = fake_vmm(d.path(), "OK 1073741824\n");
+        let mut s = hybrid_vsock_stream(&path, 1024).unwrap();
+        s.write_all(b"ping").unwrap();
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"ping");
+        assert_eq!(h.join().unwrap(), "CONNECT 1024");
+    }
+
+    #[test]
+    fn hybrid_vsock_refusal_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let (path, h) = fake_vmm(d.path(), "ERR no listener\n");
+        match hybrid_vsock_stream(&path, 1024) {
+            Err(ClientError::Handshake { detail, .. }) => {
+                assert!(detail.contains("ERR"), "{detail}")
+            }
+            other => panic!("unexpected {:?}", other.map(|_| ())),
+        }
+        drop(h);
+    }
+
+    #[test]
+    fn stdio_listener_collects_and_feeds() {
+        let d = tempfile::tempdir().unwrap();
+        let out = StdioListener::bind(d.path(), "out").unwrap();
+        let url = out.url();
+        assert!(url.starts_with("unix:///"));
+        let collector = out.collect(Duration::from_secs(5));
+        let mut s = UnixStream::connect(url.trim_start_matches("unix://")).unwrap();
+        s.write_all(b"hello").unwrap();
+        drop(s);
+        assert_eq!(collector.wait(Duration::from_secs(5)).unwrap(), b"hello");
+
+        let inp = StdioListener::bind(d.path(), "in").unwrap();
+        let url = inp.url();
+        let feeder = inp.feed(b"data".to_vec(), true, Duration::from_secs(5));
+        let mut s = UnixStream::connect(url.trim_start_matches("unix://")).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"data");
+        feeder.join().unwrap().unwrap();
     }
 }

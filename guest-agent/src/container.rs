@@ -73,10 +73,12 @@ impl Container {
         if exec_id.is_empty() {
             return Ok(self.init.clone());
         }
-        self.execs()
-            .get(exec_id)
-            .cloned()
-            .ok_or_else(|| AgentError::NotFound(format!("exec {exec_id:?} not found in container {:?}", self.id)))
+        self.execs().get(exec_id).cloned().ok_or_else(|| {
+            AgentError::NotFound(format!(
+                "exec {exec_id:?} not found in container {:?}",
+                self.id
+            ))
+        })
     }
 }
 
@@ -117,7 +119,10 @@ pub fn prepare_spec(
     }
     let mut linux = spec.linux().clone().unwrap_or_default();
     if linux.seccomp().is_some() {
-        tracing::warn!(id, "linux.seccomp is ignored: the agent is built without libseccomp");
+        tracing::warn!(
+            id,
+            "linux.seccomp is ignored: the agent is built without libseccomp"
+        );
     }
     let cgroup_path = match linux.cgroups_path() {
         Some(p) => p.clone(),
@@ -145,8 +150,13 @@ pub fn prepare_spec(
 /// (and report as a broken channel): args present, cwd absolute.
 pub fn check_process(p: Option<&oci_spec::runtime::Process>) -> AgentResult<()> {
     let p = p.ok_or_else(|| AgentError::InvalidArgument("config.json has no process".into()))?;
-    if p.args().as_ref().is_none_or(|a| a.is_empty() || a[0].is_empty()) {
-        return Err(AgentError::InvalidArgument("process.args must not be empty".into()));
+    if p.args()
+        .as_ref()
+        .is_none_or(|a| a.is_empty() || a[0].is_empty())
+    {
+        return Err(AgentError::InvalidArgument(
+            "process.args must not be empty".into(),
+        ));
     }
     if !p.cwd().is_absolute() {
         return Err(AgentError::InvalidArgument(format!(
@@ -161,7 +171,9 @@ pub fn check_process(p: Option<&oci_spec::runtime::Process>) -> AgentResult<()> 
 pub fn lc_error(context: &str, e: LibcontainerError) -> AgentError {
     match e {
         LibcontainerError::Exist => AgentError::AlreadyExists(format!("{context}: {e}")),
-        LibcontainerError::IncorrectStatus(_) => AgentError::FailedPrecondition(format!("{context}: {e}")),
+        LibcontainerError::IncorrectStatus(_) => {
+            AgentError::FailedPrecondition(format!("{context}: {e}"))
+        }
         LibcontainerError::InvalidID(_)
         | LibcontainerError::MissingSpec(_)
         | LibcontainerError::InvalidSpec(_)
@@ -182,10 +194,12 @@ pub struct ConsoleSocket {
 impl ConsoleSocket {
     pub fn new(paths: &Paths) -> AgentResult<Self> {
         let n = CONSOLE_SEQ.fetch_add(1, Ordering::Relaxed);
-        let path = paths.sockets.join(format!("console-{}-{n}.sock", std::process::id()));
+        let path = paths
+            .sockets
+            .join(format!("console-{}-{n}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        let listener =
-            UnixListener::bind(&path).map_err(|e| AgentError::internal("binding a console socket", e))?;
+        let listener = UnixListener::bind(&path)
+            .map_err(|e| AgentError::internal("binding a console socket", e))?;
         Ok(Self { path, listener })
     }
 
@@ -211,7 +225,10 @@ fn base_builder(
         .map_err(|e| lc_error("libcontainer root", e))?
         .with_console_socket(console.map(|c| c.path.clone()));
     if let Some(fds) = child {
-        b = b.with_stdin(fds.stdin).with_stdout(fds.stdout).with_stderr(fds.stderr);
+        b = b
+            .with_stdin(fds.stdin)
+            .with_stdout(fds.stdout)
+            .with_stderr(fds.stderr);
     }
     Ok(b)
 }
@@ -226,7 +243,11 @@ pub fn create_init(
     io: &PreparedIo,
     child: Option<ChildFds>,
 ) -> AgentResult<(u32, Option<OwnedFd>)> {
-    let console = if io.terminal() { Some(ConsoleSocket::new(paths)?) } else { None };
+    let console = if io.terminal() {
+        Some(ConsoleSocket::new(paths)?)
+    } else {
+        None
+    };
     let container = base_builder(paths, id, child, console.as_ref())?
         .as_init(shadow)
         .with_systemd(false)
@@ -267,9 +288,14 @@ pub fn start_exec(
     child: Option<ChildFds>,
 ) -> AgentResult<(u32, Option<OwnedFd>)> {
     let spec_path = c.shadow.join(format!("exec-{exec_id}.json"));
-    let json = serde_json::to_vec(process).map_err(|e| AgentError::internal("encoding exec spec", e))?;
+    let json =
+        serde_json::to_vec(process).map_err(|e| AgentError::internal("encoding exec spec", e))?;
     std::fs::write(&spec_path, json).map_err(|e| AgentError::internal("writing exec spec", e))?;
-    let console = if io.terminal() { Some(ConsoleSocket::new(paths)?) } else { None };
+    let console = if io.terminal() {
+        Some(ConsoleSocket::new(paths)?)
+    } else {
+        None
+    };
     let built = base_builder(paths, &c.id, child, console.as_ref())?
         .as_tenant()
         .with_process(Some(&spec_path))
@@ -349,21 +375,31 @@ mod tests {
         let paths = Paths::new(state.path()).unwrap();
         let (_d, b) = bundle_with("{ not json");
         match prepare_spec(&paths, "c1", &b, false, "vmm-agent") {
-            Err(AgentError::InvalidArgument(m)) => assert!(m.contains("invalid config.json"), "{m}"),
+            Err(AgentError::InvalidArgument(m)) => {
+                assert!(m.contains("invalid config.json"), "{m}")
+            }
             other => panic!("{:?}", other.err()),
         }
-        let (_d, b) = bundle_with(r#"{"ociVersion":"1.0.2","root":{"path":"../.."},"process":{"cwd":"/","args":["true"],"user":{"uid":0,"gid":0}}}"#);
-        assert!(matches!(prepare_spec(&paths, "c1", &b, false, "vmm-agent"), Err(AgentError::InvalidArgument(_))));
+        let (_d, b) = bundle_with(
+            r#"{"ociVersion":"1.0.2","root":{"path":"../.."},"process":{"cwd":"/","args":["true"],"user":{"uid":0,"gid":0}}}"#,
+        );
+        assert!(matches!(
+            prepare_spec(&paths, "c1", &b, false, "vmm-agent"),
+            Err(AgentError::InvalidArgument(_))
+        ));
     }
 
     #[test]
     fn shadow_spec_has_absolute_root_and_cgroup() {
         let state = tempfile::tempdir().unwrap();
         let paths = Paths::new(state.path()).unwrap();
-        let (_d, b) = bundle_with(r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","args":["true"],"user":{"uid":0,"gid":0}}}"#);
+        let (_d, b) = bundle_with(
+            r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},"process":{"cwd":"/","args":["true"],"user":{"uid":0,"gid":0}}}"#,
+        );
         let p = prepare_spec(&paths, "c1", &b, true, "vmm-agent").unwrap();
         assert_eq!(p.cgroup_path, PathBuf::from("/vmm-agent/c1"));
-        let written: Spec = serde_json::from_slice(&std::fs::read(p.shadow.join("config.json")).unwrap()).unwrap();
+        let written: Spec =
+            serde_json::from_slice(&std::fs::read(p.shadow.join("config.json")).unwrap()).unwrap();
         assert_eq!(written.root().as_ref().unwrap().path(), &b.join("rootfs"));
         assert_eq!(written.process().as_ref().unwrap().terminal(), Some(true));
     }

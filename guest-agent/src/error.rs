@@ -58,8 +58,14 @@ mod tests {
         let cases = [
             (AgentError::NotFound("x".into()), Code::NOT_FOUND),
             (AgentError::AlreadyExists("x".into()), Code::ALREADY_EXISTS),
-            (AgentError::InvalidArgument("x".into()), Code::INVALID_ARGUMENT),
-            (AgentError::FailedPrecondition("x".into()), Code::FAILED_PRECONDITION),
+            (
+                AgentError::InvalidArgument("x".into()),
+                Code::INVALID_ARGUMENT,
+            ),
+            (
+                AgentError::FailedPrecondition("x".into()),
+                Code::FAILED_PRECONDITION,
+            ),
             (AgentError::Unimplemented("x".into()), Code::UNIMPLEMENTED),
             (AgentError::internal("doing", "broke"), Code::INTERNAL),
         ];

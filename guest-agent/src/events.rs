@@ -146,9 +146,9 @@ impl MethodHandler for NextMethod {
         let deadline = u64::try_from(ctx.timeout_nano)
             .ok()
             .filter(|n| *n > 0)
-            .map(|n| {
+            .and_then(|n| {
                 let t = Duration::from_nanos(n);
-                Instant::now() + t - answer_margin(t)
+                Instant::now().checked_add(t - answer_margin(t))
             });
         let cancel = ctx.cancel_rx.clone();
         let cancelled = move || {
@@ -177,7 +177,10 @@ impl MethodHandler for NextMethod {
                 }
                 return Ok(());
             }
-            None => status_response(ttrpc::Code::DEADLINE_EXCEEDED, "no event before the deadline"),
+            None => status_response(
+                ttrpc::Code::DEADLINE_EXCEEDED,
+                "no event before the deadline",
+            ),
         };
         ctx.respond(ctx.mh.stream_id, res)
     }
@@ -237,14 +240,19 @@ mod tests {
         }
         assert_eq!(q.len(), 2);
         let first = q.pop(None, &never).unwrap();
-        assert_eq!(TaskExit::parse_from_bytes(&first.event.value).unwrap().pid, 2);
+        assert_eq!(
+            TaskExit::parse_from_bytes(&first.event.value).unwrap().pid,
+            2
+        );
     }
 
     #[test]
     fn pop_times_out_and_cancels() {
         let q = EventQueue::new(2);
         let start = Instant::now();
-        assert!(q.pop(Some(start + Duration::from_millis(50)), &never).is_none());
+        assert!(q
+            .pop(Some(start + Duration::from_millis(50)), &never)
+            .is_none());
         assert!(start.elapsed() >= Duration::from_millis(50));
         assert!(q.pop(None, &|| true).is_none());
     }
@@ -253,7 +261,9 @@ mod tests {
     fn pop_wakes_on_publish() {
         let q = Arc::new(EventQueue::new(4));
         let q2 = q.clone();
-        let t = std::thread::spawn(move || q2.pop(Some(Instant::now() + Duration::from_secs(5)), &never));
+        let t = std::thread::spawn(move || {
+            q2.pop(Some(Instant::now() + Duration::from_secs(5)), &never)
+        });
         std::thread::sleep(Duration::from_millis(20));
         q.publish("/tasks/exit", &TaskExit::new());
         assert!(t.join().unwrap().is_some());
@@ -261,7 +271,13 @@ mod tests {
 
     #[test]
     fn margin_is_small() {
-        assert_eq!(answer_margin(Duration::from_millis(100)), Duration::from_millis(10));
-        assert_eq!(answer_margin(Duration::from_secs(10)), Duration::from_millis(20));
+        assert_eq!(
+            answer_margin(Duration::from_millis(100)),
+            Duration::from_millis(10)
+        );
+        assert_eq!(
+            answer_margin(Duration::from_secs(10)),
+            Duration::from_millis(20)
+        );
     }
 }

@@ -27,14 +27,60 @@ struct EarlyMount {
 }
 
 const MOUNTS: &[EarlyMount] = &[
-    EarlyMount { fstype: "proc", target: "/proc", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC), data: None },
-    EarlyMount { fstype: "sysfs", target: "/sys", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC), data: None },
-    EarlyMount { fstype: "devtmpfs", target: "/dev", flags: MsFlags::MS_NOSUID, data: Some("mode=0755") },
-    EarlyMount { fstype: "devpts", target: "/dev/pts", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC), data: Some("newinstance,ptmxmode=0666,mode=0620,gid=5") },
-    EarlyMount { fstype: "tmpfs", target: "/dev/shm", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV), data: Some("mode=1777") },
-    EarlyMount { fstype: "tmpfs", target: "/run", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV), data: Some("mode=0755") },
-    EarlyMount { fstype: "tmpfs", target: "/tmp", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV), data: Some("mode=1777") },
-    EarlyMount { fstype: "cgroup2", target: "/sys/fs/cgroup", flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV).union(MsFlags::MS_NOEXEC), data: None },
+    EarlyMount {
+        fstype: "proc",
+        target: "/proc",
+        flags: MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        data: None,
+    },
+    EarlyMount {
+        fstype: "sysfs",
+        target: "/sys",
+        flags: MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        data: None,
+    },
+    EarlyMount {
+        fstype: "devtmpfs",
+        target: "/dev",
+        flags: MsFlags::MS_NOSUID,
+        data: Some("mode=0755"),
+    },
+    EarlyMount {
+        fstype: "devpts",
+        target: "/dev/pts",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NOEXEC),
+        data: Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    },
+    EarlyMount {
+        fstype: "tmpfs",
+        target: "/dev/shm",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=1777"),
+    },
+    EarlyMount {
+        fstype: "tmpfs",
+        target: "/run",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=0755"),
+    },
+    EarlyMount {
+        fstype: "tmpfs",
+        target: "/tmp",
+        flags: MsFlags::MS_NOSUID.union(MsFlags::MS_NODEV),
+        data: Some("mode=1777"),
+    },
+    EarlyMount {
+        fstype: "cgroup2",
+        target: "/sys/fs/cgroup",
+        flags: MsFlags::MS_NOSUID
+            .union(MsFlags::MS_NODEV)
+            .union(MsFlags::MS_NOEXEC),
+        data: None,
+    },
 ];
 
 /// Mounts the early filesystems (an already mounted target is fine).
@@ -45,7 +91,11 @@ pub fn mount_early() -> Result<(), InitError> {
             Ok(()) => tracing::debug!(target = m.target, "mounted {}", m.fstype),
             Err(nix::errno::Errno::EBUSY) => tracing::debug!(target = m.target, "already mounted"),
             Err(source) => {
-                return Err(InitError::Mount { what: m.fstype, target: m.target, source });
+                return Err(InitError::Mount {
+                    what: m.fstype,
+                    target: m.target,
+                    source,
+                });
             }
         }
     }

@@ -3,17 +3,17 @@
 //!
 //! The `client` module is the host side used by tests and the controller.
 
-pub mod client;
-pub mod events;
 pub mod cgroups;
+pub mod client;
+pub mod container;
 pub mod error;
+pub mod events;
+pub mod guest_root;
+pub mod init;
 pub mod mounts;
+pub mod process;
 pub mod reaper;
+pub mod server;
+pub mod service;
 pub mod stdio;
 pub mod validate;
-pub mod container;
-pub mod process;
-pub mod service;
-pub mod init;
-pub mod server;
-pub mod guest_root;

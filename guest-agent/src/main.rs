@@ -4,15 +4,19 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use guest_agent::server::{self, Listen, RunOptions};
 use guest_agent::service::Settings;
 
 #[derive(Parser, Debug)]
-#[command(name = "guest-agent", version, about = "Sandbox guest agent (containerd Task API over ttrpc)")]
+#[command(
+    name = "guest-agent",
+    version,
+    about = "Sandbox guest agent (containerd Task API over ttrpc)"
+)]
 struct Cli {
     /// unix:PATH or vsock:PORT (default in init mode: vsock:1024).
     #[arg(long)]
@@ -86,10 +90,19 @@ fn main() -> ExitCode {
         }
         guest_agent::init::setup(cli.hostname.as_deref());
     }
+    // Absolute: libcontainer briefly changes the process's working
+    // directory while it sets up a console socket.
+    let state_dir = match std::path::absolute(&cli.state_dir) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("guest-agent: --state-dir {}: {e}", cli.state_dir.display());
+            return ExitCode::from(2);
+        }
+    };
     let result = server::run(RunOptions {
         listen,
         settings: Settings {
-            state_dir: cli.state_dir,
+            state_dir,
             cgroup_root: cli.cgroup_root,
         },
         init,

@@ -104,7 +104,9 @@ mod tests {
             .map(|s| s.to_string())
             .collect();
         let (flags, data) = parse_options(&opts);
-        assert!(flags.contains(MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_NOSUID));
+        assert!(flags.contains(
+            MsFlags::MS_RDONLY | MsFlags::MS_BIND | MsFlags::MS_REC | MsFlags::MS_NOSUID
+        ));
         assert_eq!(data, "lowerdir=/a,upperdir=/b");
         let (flags, data) = parse_options(&["ro".to_string(), "rw".to_string()]);
         assert!(!flags.contains(MsFlags::MS_RDONLY));

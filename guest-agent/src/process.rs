@@ -123,20 +123,28 @@ impl Proc {
 
     /// Blocks until the process exited, the deadline passed or `cancelled`
     /// says the client went away.
-    pub fn wait(&self, deadline: Option<Instant>, cancelled: &dyn Fn() -> bool) -> AgentResult<Exit> {
+    pub fn wait(
+        &self,
+        deadline: Option<Instant>,
+        cancelled: &dyn Fn() -> bool,
+    ) -> AgentResult<Exit> {
         let mut st = self.lock();
         loop {
             if let Some(e) = st.exit {
                 return Ok(e);
             }
             if cancelled() {
-                return Err(AgentError::Internal("wait cancelled: connection closed".into()));
+                return Err(AgentError::Internal(
+                    "wait cancelled: connection closed".into(),
+                ));
             }
             let mut slice = Duration::from_millis(100);
             if let Some(d) = deadline {
                 let now = Instant::now();
                 if now >= d {
-                    return Err(AgentError::DeadlineExceeded("wait: deadline exceeded".into()));
+                    return Err(AgentError::DeadlineExceeded(
+                        "wait: deadline exceeded".into(),
+                    ));
                 }
                 slice = slice.min(d - now);
             }
@@ -160,7 +168,10 @@ mod tests {
         let p2 = p.clone();
         let t = std::thread::spawn(move || p2.wait(None, &|| false));
         std::thread::sleep(Duration::from_millis(20));
-        p.set_exited(Exit { status: 7, at: SystemTime::now() });
+        p.set_exited(Exit {
+            status: 7,
+            at: SystemTime::now(),
+        });
         assert_eq!(t.join().unwrap().unwrap().status, 7);
         assert_eq!(p.status(), Status::Stopped);
     }

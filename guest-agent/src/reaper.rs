@@ -30,7 +30,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use nix::errno::Errno;
 use nix::sys::wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus};
@@ -88,8 +88,9 @@ impl Reaper {
                 return Err(std::io::Error::last_os_error());
             }
         }
-        let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
-            .map_err(std::io::Error::from)?;
+        let (r, w) =
+            nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK)
+                .map_err(std::io::Error::from)?;
         WAKE_FD.store(w.as_raw_fd(), Ordering::SeqCst);
         for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
             // SAFETY: installs a handler that only does async-signal-safe
@@ -141,22 +142,28 @@ impl Reaper {
     /// Runs the reaper loop on a new thread; `on_wake` gets SIGTERM/SIGINT.
     pub fn spawn(self: &Arc<Self>, on_wake: impl Fn(Wake) + Send + 'static) -> std::io::Result<()> {
         let me = self.clone();
-        thread::Builder::new().name("reaper".into()).spawn(move || me.run(on_wake))?;
+        thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || me.run(on_wake))?;
         Ok(())
     }
 
     fn run(&self, on_wake: impl Fn(Wake)) {
         let mut buf = [0u8; 64];
         loop {
-            let mut fds = [nix::poll::PollFd::new(self.wake_r.as_fd(), nix::poll::PollFlags::POLLIN)];
+            let mut fds = [nix::poll::PollFd::new(
+                self.wake_r.as_fd(),
+                nix::poll::PollFlags::POLLIN,
+            )];
             let _ = nix::poll::poll(&mut fds, nix::poll::PollTimeout::from(200u16));
             loop {
                 match nix::unistd::read(self.wake_r.as_raw_fd(), &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(n) => {
-                        if buf[..n].iter().any(|&s| {
-                            i32::from(s) == libc::SIGTERM || i32::from(s) == libc::SIGINT
-                        }) {
+                        if buf[..n]
+                            .iter()
+                            .any(|&s| i32::from(s) == libc::SIGTERM || i32::from(s) == libc::SIGINT)
+                        {
                             on_wake(Wake::Terminate);
                         }
                     }
@@ -247,20 +254,6 @@ impl Drop for LcGuard<'_> {
     }
 }
 
-/// Sleeps in small steps until `f` is true or `timeout` passes.
-pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        if f() {
-            return true;
-        }
-        if std::time::Instant::now() >= deadline {
-            return false;
-        }
-        thread::sleep(Duration::from_millis(5));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,7 +262,14 @@ mod tests {
     fn exit_codes() {
         let p = Pid::from_raw(1);
         assert_eq!(exit_code(WaitStatus::Exited(p, 3)), Some(3));
-        assert_eq!(exit_code(WaitStatus::Signaled(p, nix::sys::signal::Signal::SIGKILL, false)), Some(137));
+        assert_eq!(
+            exit_code(WaitStatus::Signaled(
+                p,
+                nix::sys::signal::Signal::SIGKILL,
+                false
+            )),
+            Some(137)
+        );
         assert_eq!(exit_code(WaitStatus::StillAlive), None);
     }
 }

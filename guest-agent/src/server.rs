@@ -72,7 +72,8 @@ pub fn run(opts: RunOptions) -> Result<(), ServerError> {
     let reaper = Reaper::install(!opts.init).map_err(ServerError::Reaper)?;
     let queue = Arc::new(EventQueue::new(events::DEFAULT_CAPACITY));
     let (tx, rx) = mpsc::channel();
-    let agent = Agent::new(opts.settings, reaper.clone(), queue.clone(), tx).map_err(ServerError::State)?;
+    let agent =
+        Agent::new(opts.settings, reaper.clone(), queue.clone(), tx).map_err(ServerError::State)?;
     {
         let agent = agent.clone();
         reaper
@@ -88,11 +89,16 @@ pub fn run(opts: RunOptions) -> Result<(), ServerError> {
     if let Listen::Unix(p) = &opts.listen {
         let _ = std::fs::remove_file(p);
     }
-    let ttrpc_err = |source| ServerError::Ttrpc { addr: addr.clone(), source };
+    let ttrpc_err = |source| ServerError::Ttrpc {
+        addr: addr.clone(),
+        source,
+    };
     let mut server = ttrpc::Server::new()
         .bind(&addr)
         .map_err(ttrpc_err)?
-        .register_service(containerd_shim_protos::create_task(Arc::new(TaskService::new(agent.clone()))))
+        .register_service(containerd_shim_protos::create_task(Arc::new(
+            TaskService::new(agent.clone()),
+        )))
         .register_service(events::service(queue))
         .set_thread_count_default(4)
         .set_thread_count_min(2)
@@ -123,8 +129,14 @@ mod tests {
 
     #[test]
     fn listen_addresses() {
-        assert_eq!(Listen::parse("unix:/run/a.sock").unwrap(), Listen::Unix("/run/a.sock".into()));
-        assert_eq!(Listen::parse("unix:///run/a.sock").unwrap(), Listen::Unix("/run/a.sock".into()));
+        assert_eq!(
+            Listen::parse("unix:/run/a.sock").unwrap(),
+            Listen::Unix("/run/a.sock".into())
+        );
+        assert_eq!(
+            Listen::parse("unix:///run/a.sock").unwrap(),
+            Listen::Unix("/run/a.sock".into())
+        );
         assert_eq!(Listen::parse("vsock:1024").unwrap(), Listen::Vsock(1024));
         assert_eq!(Listen::Vsock(1024).ttrpc_addr(), "vsock://-1:1024");
         assert_eq!(Listen::Unix("/a".into()).ttrpc_addr(), "unix:///a");

@@ -72,9 +72,9 @@ fn deadline(ctx: &TtrpcContext) -> Option<Instant> {
     u64::try_from(ctx.timeout_nano)
         .ok()
         .filter(|n| *n > 0)
-        .map(|n| {
+        .and_then(|n| {
             let t = Duration::from_nanos(n);
-            Instant::now() + t - (t / 10).min(Duration::from_millis(20))
+            Instant::now().checked_add(t - (t / 10).min(Duration::from_millis(20)))
         })
 }
 
@@ -128,6 +128,8 @@ impl Agent {
     fn finish_exit(&self, p: &Arc<Proc>, exit: Exit) {
         let io = p.lock().io.take();
         if let Some(mut io) = io {
+            // Nobody reads the stdin of a dead process: end its copier.
+            io.close_stdin();
             if !io.wait_output(Instant::now() + OUTPUT_DRAIN) {
                 tracing::warn!(id = %p.container_id, exec = %p.exec_id, "output still open after the exit; reporting the exit anyway");
             }
@@ -141,7 +143,11 @@ impl Agent {
         }
         let mut ev = TaskExit::new();
         ev.container_id = p.container_id.clone();
-        ev.id = if p.exec_id.is_empty() { p.container_id.clone() } else { p.exec_id.clone() };
+        ev.id = if p.exec_id.is_empty() {
+            p.container_id.clone()
+        } else {
+            p.exec_id.clone()
+        };
         ev.pid = pid;
         ev.exit_status = exit.status;
         ev.exited_at = ts(exit.at);
@@ -159,13 +165,24 @@ impl Agent {
     }
 
     fn check_oom(&self, c: &Container) {
-        let dir = PathBuf::from("/sys/fs/cgroup").join(c.cgroup_path.strip_prefix("/").unwrap_or(&c.cgroup_path));
-        let events = cgroups::parse_flat(&std::fs::read_to_string(dir.join("memory.events")).unwrap_or_default());
-        let v1 = cgroups::parse_flat(
-            &std::fs::read_to_string(PathBuf::from("/sys/fs/cgroup/memory").join(c.cgroup_path.strip_prefix("/").unwrap_or(&c.cgroup_path)).join("memory.oom_control"))
-                .unwrap_or_default(),
+        let dir = PathBuf::from("/sys/fs/cgroup")
+            .join(c.cgroup_path.strip_prefix("/").unwrap_or(&c.cgroup_path));
+        let events = cgroups::parse_flat(
+            &std::fs::read_to_string(dir.join("memory.events")).unwrap_or_default(),
         );
-        let kills = events.get("oom_kill").or_else(|| v1.get("oom_kill")).copied().unwrap_or(0);
+        let v1 = cgroups::parse_flat(
+            &std::fs::read_to_string(
+                PathBuf::from("/sys/fs/cgroup/memory")
+                    .join(c.cgroup_path.strip_prefix("/").unwrap_or(&c.cgroup_path))
+                    .join("memory.oom_control"),
+            )
+            .unwrap_or_default(),
+        );
+        let kills = events
+            .get("oom_kill")
+            .or_else(|| v1.get("oom_kill"))
+            .copied()
+            .unwrap_or(0);
         let seen = c.oom_seen.swap(kills, std::sync::atomic::Ordering::SeqCst);
         if kills > seen {
             let mut ev = TaskOOM::new();
@@ -178,12 +195,17 @@ impl Agent {
         validate::id("container id", &req.id)?;
         let bundle = validate::bundle(&req.bundle)?;
         if !req.checkpoint.is_empty() {
-            return Err(AgentError::Unimplemented("restoring from a checkpoint is not supported".into()));
+            return Err(AgentError::Unimplemented(
+                "restoring from a checkpoint is not supported".into(),
+            ));
         }
         {
             let mut t = self.table();
             if t.contains_key(&req.id) {
-                return Err(AgentError::AlreadyExists(format!("container {:?} already exists", req.id)));
+                return Err(AgentError::AlreadyExists(format!(
+                    "container {:?} already exists",
+                    req.id
+                )));
             }
             t.insert(req.id.clone(), Slot::Reserved);
         }
@@ -230,7 +252,13 @@ impl Agent {
         bundle: &std::path::Path,
         mounted: &[PathBuf],
     ) -> AgentResult<(Arc<Container>, u32)> {
-        let prepared = container::prepare_spec(&self.paths, &req.id, bundle, req.terminal, &self.settings.cgroup_root)?;
+        let prepared = container::prepare_spec(
+            &self.paths,
+            &req.id,
+            bundle,
+            req.terminal,
+            &self.settings.cgroup_root,
+        )?;
         let stdio = StdioSpec {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
@@ -245,15 +273,22 @@ impl Agent {
             }
         };
         let init = Arc::new(Proc::new(&req.id, "", stdio));
-        let c = Arc::new(container::new_container(&req.id, &req.bundle, &prepared, mounted.to_vec(), init.clone()));
+        let c = Arc::new(container::new_container(
+            &req.id,
+            &req.bundle,
+            &prepared,
+            mounted.to_vec(),
+            init.clone(),
+        ));
         let lc = self.reaper.lc_lock();
-        let (pid, master) = match container::create_init(&self.paths, &req.id, &prepared.shadow, &io, child) {
-            Ok(x) => x,
-            Err(e) => {
-                container::destroy(&self.paths, &req.id, &prepared.shadow);
-                return Err(e);
-            }
-        };
+        let (pid, master) =
+            match container::create_init(&self.paths, &req.id, &prepared.shadow, &io, child) {
+                Ok(x) => x,
+                Err(e) => {
+                    container::destroy(&self.paths, &req.id, &prepared.shadow);
+                    return Err(e);
+                }
+            };
         {
             let mut st = init.lock();
             st.pid = pid;
@@ -274,7 +309,12 @@ impl Agent {
         r
     }
 
-    fn start_process(self: &Arc<Self>, c: &Arc<Container>, p: &Arc<Proc>, req: &api::StartRequest) -> AgentResult<u32> {
+    fn start_process(
+        self: &Arc<Self>,
+        c: &Arc<Container>,
+        p: &Arc<Proc>,
+        req: &api::StartRequest,
+    ) -> AgentResult<u32> {
         if p.status() != Status::Created {
             return Err(AgentError::FailedPrecondition(format!(
                 "process {:?} in {:?} was already started",
@@ -300,12 +340,18 @@ impl Agent {
             return Ok(pid);
         }
         if c.init.status() != Status::Running {
-            return Err(AgentError::FailedPrecondition(format!("container {:?} is not running", req.id)));
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {:?} is not running",
+                req.id
+            )));
         }
         let (io, spec) = {
             let mut st = p.lock();
             if st.status != Status::Created || st.pending_io.is_none() {
-                return Err(AgentError::FailedPrecondition(format!("exec {:?} was already started", req.exec_id)));
+                return Err(AgentError::FailedPrecondition(format!(
+                    "exec {:?} was already started",
+                    req.exec_id
+                )));
             }
             (st.pending_io.take(), st.exec_spec.take())
         };
@@ -319,7 +365,10 @@ impl Agent {
             Ok(x) => x,
             Err(e) => {
                 drop(lc);
-                p.set_exited(Exit { status: 255, at: SystemTime::now() });
+                p.set_exited(Exit {
+                    status: 255,
+                    at: SystemTime::now(),
+                });
                 return Err(e);
             }
         };
@@ -335,7 +384,8 @@ impl Agent {
         ev.container_id = req.id.clone();
         ev.exec_id = req.exec_id.clone();
         ev.pid = pid;
-        self.events.publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, &ev);
+        self.events
+            .publish(topics::TASK_EXEC_STARTED_EVENT_TOPIC, &ev);
         Ok(pid)
     }
 
@@ -352,13 +402,18 @@ impl Agent {
             .spec
             .as_ref()
             .ok_or_else(|| AgentError::InvalidArgument("exec: spec is missing".into()))?;
-        let mut spec: oci_spec::runtime::Process = serde_json::from_slice(&any.value)
-            .map_err(|e| AgentError::InvalidArgument(format!("exec: spec is not an OCI process: {e}")))?;
+        let mut spec: oci_spec::runtime::Process =
+            serde_json::from_slice(&any.value).map_err(|e| {
+                AgentError::InvalidArgument(format!("exec: spec is not an OCI process: {e}"))
+            })?;
         container::check_process(Some(&spec))
             .map_err(|e| AgentError::InvalidArgument(format!("exec: {e}")))?;
         spec.set_terminal(Some(req.terminal));
         if c.execs().contains_key(&req.exec_id) {
-            return Err(AgentError::AlreadyExists(format!("exec {:?} already exists", req.exec_id)));
+            return Err(AgentError::AlreadyExists(format!(
+                "exec {:?} already exists",
+                req.exec_id
+            )));
         }
         let stdio = StdioSpec {
             stdin: req.stdin.clone(),
@@ -376,14 +431,18 @@ impl Agent {
         {
             let mut execs = c.execs();
             if execs.contains_key(&req.exec_id) {
-                return Err(AgentError::AlreadyExists(format!("exec {:?} already exists", req.exec_id)));
+                return Err(AgentError::AlreadyExists(format!(
+                    "exec {:?} already exists",
+                    req.exec_id
+                )));
             }
             execs.insert(req.exec_id.clone(), p);
         }
         let mut ev = TaskExecAdded::new();
         ev.container_id = req.id.clone();
         ev.exec_id = req.exec_id.clone();
-        self.events.publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, &ev);
+        self.events
+            .publish(topics::TASK_EXEC_ADDED_EVENT_TOPIC, &ev);
         Ok(())
     }
 
@@ -392,12 +451,18 @@ impl Agent {
         let p = c.process(&req.exec_id)?;
         let st = p.lock();
         let mut r = api::StateResponse::new();
-        r.id = if req.exec_id.is_empty() { req.id.clone() } else { req.exec_id.clone() };
+        r.id = if req.exec_id.is_empty() {
+            req.id.clone()
+        } else {
+            req.exec_id.clone()
+        };
         r.bundle = c.bundle.clone();
         r.pid = st.pid;
         let status = match st.status {
             Status::Created => TaskStatus::CREATED,
-            Status::Running if c.paused.load(std::sync::atomic::Ordering::SeqCst) => TaskStatus::PAUSED,
+            Status::Running if c.paused.load(std::sync::atomic::Ordering::SeqCst) => {
+                TaskStatus::PAUSED
+            }
             Status::Running => TaskStatus::RUNNING,
             Status::Stopped => TaskStatus::STOPPED,
         };
@@ -420,7 +485,9 @@ impl Agent {
         let sig = i32::try_from(req.signal)
             .ok()
             .and_then(|s| Signal::try_from(s).ok())
-            .ok_or_else(|| AgentError::InvalidArgument(format!("kill: bad signal {}", req.signal)))?;
+            .ok_or_else(|| {
+                AgentError::InvalidArgument(format!("kill: bad signal {}", req.signal))
+            })?;
         if req.all && req.exec_id.is_empty() {
             let pids = cgroups::pids(&c.cgroup_path, &c.id).unwrap_or_default();
             for pid in pids {
@@ -459,7 +526,10 @@ impl Agent {
             let p = c.process(&req.exec_id)?;
             let st = p.lock();
             if st.status == Status::Running {
-                return Err(AgentError::FailedPrecondition(format!("exec {:?} is still running", req.exec_id)));
+                return Err(AgentError::FailedPrecondition(format!(
+                    "exec {:?} is still running",
+                    req.exec_id
+                )));
             }
             r.pid = st.pid;
             if let Some(e) = st.exit {
@@ -482,7 +552,9 @@ impl Agent {
                 if pid > 0 {
                     let _ = kill(Pid::from_raw(pid as i32), Signal::SIGKILL);
                 }
-                let _ = c.init.wait(Some(Instant::now() + Duration::from_secs(10)), &|| false);
+                let _ = c
+                    .init
+                    .wait(Some(Instant::now() + Duration::from_secs(10)), &|| false);
             }
             Status::Stopped => {}
         }
@@ -493,7 +565,12 @@ impl Agent {
                 Some(Slot::Ready(x)) if Arc::ptr_eq(x, &c) => {
                     t.remove(&req.id);
                 }
-                _ => return Err(AgentError::NotFound(format!("container {:?} not found", req.id))),
+                _ => {
+                    return Err(AgentError::NotFound(format!(
+                        "container {:?} not found",
+                        req.id
+                    )))
+                }
             }
         }
         self.teardown(&c);
@@ -524,7 +601,9 @@ impl Agent {
         if c.paused.swap(false, std::sync::atomic::Ordering::SeqCst) {
             let _ = container::set_paused(&self.paths, &c.id, false);
         }
-        let procs: Vec<Arc<Proc>> = std::iter::once(c.init.clone()).chain(c.execs().values().cloned()).collect();
+        let procs: Vec<Arc<Proc>> = std::iter::once(c.init.clone())
+            .chain(c.execs().values().cloned())
+            .collect();
         for p in procs {
             if p.status() == Status::Running {
                 let _ = kill(Pid::from_raw(p.pid() as i32), Signal::SIGKILL);
@@ -541,13 +620,19 @@ impl Agent {
     fn pause(&self, id: &str, pause: bool) -> AgentResult<()> {
         let c = self.container(id)?;
         if c.init.status() != Status::Running {
-            return Err(AgentError::FailedPrecondition(format!("container {id:?} is not running")));
+            return Err(AgentError::FailedPrecondition(format!(
+                "container {id:?} is not running"
+            )));
         }
         let paused = c.paused.load(std::sync::atomic::Ordering::SeqCst);
         if paused == pause {
             return Err(AgentError::FailedPrecondition(format!(
                 "container {id:?} is {}",
-                if paused { "already paused" } else { "not paused" }
+                if paused {
+                    "already paused"
+                } else {
+                    "not paused"
+                }
             )));
         }
         container::set_paused(&self.paths, id, pause)?;
@@ -583,7 +668,12 @@ impl Agent {
 
     /// Asks the main loop to exit.
     pub fn request_shutdown(&self) {
-        if let Some(tx) = self.shutdown.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        if let Some(tx) = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
             let _ = tx.send(());
         }
     }
@@ -608,25 +698,41 @@ fn log_err<T>(method: &str, r: AgentResult<T>) -> ttrpc::Result<T> {
 }
 
 impl containerd_shim_protos::Task for TaskService {
-    fn state(&self, _ctx: &TtrpcContext, req: api::StateRequest) -> ttrpc::Result<api::StateResponse> {
+    fn state(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StateRequest,
+    ) -> ttrpc::Result<api::StateResponse> {
         log_err("State", self.agent.state(&req))
     }
 
-    fn create(&self, _ctx: &TtrpcContext, req: api::CreateTaskRequest) -> ttrpc::Result<api::CreateTaskResponse> {
+    fn create(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::CreateTaskRequest,
+    ) -> ttrpc::Result<api::CreateTaskResponse> {
         let pid = log_err("Create", self.agent.create(&req))?;
         let mut r = api::CreateTaskResponse::new();
         r.pid = pid;
         Ok(r)
     }
 
-    fn start(&self, _ctx: &TtrpcContext, req: api::StartRequest) -> ttrpc::Result<api::StartResponse> {
+    fn start(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StartRequest,
+    ) -> ttrpc::Result<api::StartResponse> {
         let pid = log_err("Start", self.agent.start(&req))?;
         let mut r = api::StartResponse::new();
         r.pid = pid;
         Ok(r)
     }
 
-    fn delete(&self, _ctx: &TtrpcContext, req: api::DeleteRequest) -> ttrpc::Result<api::DeleteResponse> {
+    fn delete(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::DeleteRequest,
+    ) -> ttrpc::Result<api::DeleteResponse> {
         log_err("Delete", self.agent.delete(&req))
     }
 
@@ -660,10 +766,16 @@ impl containerd_shim_protos::Task for TaskService {
         log_err("Resume", self.agent.pause(&req.id, false)).map(|_| Empty::new())
     }
 
-    fn checkpoint(&self, _ctx: &TtrpcContext, _req: api::CheckpointTaskRequest) -> ttrpc::Result<Empty> {
+    fn checkpoint(
+        &self,
+        _ctx: &TtrpcContext,
+        _req: api::CheckpointTaskRequest,
+    ) -> ttrpc::Result<Empty> {
         log_err(
             "Checkpoint",
-            Err(AgentError::Unimplemented("checkpoint is not supported by the guest agent".into())),
+            Err(AgentError::Unimplemented(
+                "checkpoint is not supported by the guest agent".into(),
+            )),
         )
     }
 
@@ -682,10 +794,12 @@ impl containerd_shim_protos::Task for TaskService {
             let st = p.lock();
             match &st.io {
                 Some(io) => io.resize(req.width, req.height),
-                None if !p.stdio.terminal => {
-                    Err(AgentError::FailedPrecondition("process has no terminal".into()))
-                }
-                None => Err(AgentError::FailedPrecondition("process is not running".into())),
+                None if !p.stdio.terminal => Err(AgentError::FailedPrecondition(
+                    "process has no terminal".into(),
+                )),
+                None => Err(AgentError::FailedPrecondition(
+                    "process is not running".into(),
+                )),
             }
         })();
         log_err("ResizePty", r).map(|_| Empty::new())
@@ -717,7 +831,10 @@ impl containerd_shim_protos::Task for TaskService {
                 .ok_or_else(|| AgentError::InvalidArgument("update: resources missing".into()))?;
             let res = cgroups::parse_resources(any)?;
             if c.init.status() == Status::Stopped {
-                return Err(AgentError::FailedPrecondition(format!("container {:?} is stopped", req.id)));
+                return Err(AgentError::FailedPrecondition(format!(
+                    "container {:?} is stopped",
+                    req.id
+                )));
             }
             cgroups::update(&c.cgroup_path, &c.id, &res)
         })();
@@ -737,7 +854,11 @@ impl containerd_shim_protos::Task for TaskService {
         log_err("Wait", r)
     }
 
-    fn stats(&self, _ctx: &TtrpcContext, req: api::StatsRequest) -> ttrpc::Result<api::StatsResponse> {
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> ttrpc::Result<api::StatsResponse> {
         let r = (|| {
             let c = self.agent.container(&req.id)?;
             let any = cgroups::stats(&c.cgroup_path, &c.id)?;
@@ -748,7 +869,11 @@ impl containerd_shim_protos::Task for TaskService {
         log_err("Stats", r)
     }
 
-    fn connect(&self, _ctx: &TtrpcContext, req: api::ConnectRequest) -> ttrpc::Result<api::ConnectResponse> {
+    fn connect(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::ConnectRequest,
+    ) -> ttrpc::Result<api::ConnectResponse> {
         let mut r = api::ConnectResponse::new();
         r.shim_pid = std::process::id();
         r.version = env!("CARGO_PKG_VERSION").to_string();

@@ -47,7 +47,9 @@ impl StdioUrl {
             return Ok(Self::Unix(PathBuf::from(path)));
         }
         if let Some(rest) = s.strip_prefix("vsock://") {
-            let (cid, port) = rest.split_once(':').ok_or_else(|| bad("expected CID:PORT"))?;
+            let (cid, port) = rest
+                .split_once(':')
+                .ok_or_else(|| bad("expected CID:PORT"))?;
             let cid = cid.parse().map_err(|_| bad("CID is not a number"))?;
             let port = port.parse().map_err(|_| bad("PORT is not a number"))?;
             return Ok(Self::Vsock { cid, port });
@@ -59,9 +61,14 @@ impl StdioUrl {
     fn dial(&self) -> AgentResult<Option<OwnedFd>> {
         match self {
             Self::Null => Ok(None),
-            Self::Unix(path) => UnixStream::connect(path).map(|s| Some(OwnedFd::from(s))).map_err(|e| {
-                AgentError::InvalidArgument(format!("dialling stdio unix://{}: {e}", path.display()))
-            }),
+            Self::Unix(path) => UnixStream::connect(path)
+                .map(|s| Some(OwnedFd::from(s)))
+                .map_err(|e| {
+                    AgentError::InvalidArgument(format!(
+                        "dialling stdio unix://{}: {e}",
+                        path.display()
+                    ))
+                }),
             Self::Vsock { cid, port } => dial_vsock(*cid, *port).map(Some).map_err(|e| {
                 AgentError::InvalidArgument(format!("dialling stdio vsock://{cid}:{port}: {e}"))
             }),
@@ -71,7 +78,12 @@ impl StdioUrl {
 
 fn dial_vsock(cid: u32, port: u32) -> nix::Result<OwnedFd> {
     use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, VsockAddr};
-    let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+    let fd = socket(
+        AddressFamily::Vsock,
+        SockType::Stream,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
     connect(fd.as_raw_fd(), &VsockAddr::new(cid, port))?;
     Ok(fd)
 }
@@ -161,7 +173,14 @@ impl PreparedIo {
         };
         let stdout = out(&io.stdout_stream, &mut io.stdout_r)?;
         let stderr = out(&io.stderr_stream, &mut io.stderr_r)?;
-        Ok((io, Some(ChildFds { stdin, stdout, stderr })))
+        Ok((
+            io,
+            Some(ChildFds {
+                stdin,
+                stdout,
+                stderr,
+            }),
+        ))
     }
 
     /// CloseIO(stdin) before the exec was started: the copier will see EOF
@@ -188,7 +207,13 @@ impl PreparedIo {
         if let Some(master) = &pty {
             if let Some(stream) = self.stdout_stream {
                 outputs += 1;
-                spawn_output(name, "pty", PtyReader(master.clone()), File::from(stream), done_tx.clone());
+                spawn_output(
+                    name,
+                    "pty",
+                    PtyReader(master.clone()),
+                    File::from(stream),
+                    done_tx.clone(),
+                );
             }
             if let Some(stream) = self.stdin_stream {
                 stdin_ctl = spawn_input(name, stream, PtyWriter(master.clone()));
@@ -196,11 +221,23 @@ impl PreparedIo {
         } else {
             if let (Some(r), Some(s)) = (self.stdout_r, self.stdout_stream) {
                 outputs += 1;
-                spawn_output(name, "stdout", File::from(r), File::from(s), done_tx.clone());
+                spawn_output(
+                    name,
+                    "stdout",
+                    File::from(r),
+                    File::from(s),
+                    done_tx.clone(),
+                );
             }
             if let (Some(r), Some(s)) = (self.stderr_r, self.stderr_stream) {
                 outputs += 1;
-                spawn_output(name, "stderr", File::from(r), File::from(s), done_tx.clone());
+                spawn_output(
+                    name,
+                    "stderr",
+                    File::from(r),
+                    File::from(s),
+                    done_tx.clone(),
+                );
             }
             if let (Some(w), Some(s)) = (self.stdin_w, self.stdin_stream) {
                 stdin_ctl = spawn_input(name, s, File::from(w));
@@ -250,7 +287,10 @@ impl RunningIo {
         // for the duration of the call.
         let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &ws) };
         if rc < 0 {
-            return Err(AgentError::internal("TIOCSWINSZ", io::Error::last_os_error()));
+            return Err(AgentError::internal(
+                "TIOCSWINSZ",
+                io::Error::last_os_error(),
+            ));
         }
         Ok(())
     }
@@ -298,7 +338,13 @@ impl Write for PtyWriter {
 
 const COPY_BUF: usize = 64 * 1024;
 
-fn spawn_output(name: &str, what: &'static str, mut src: impl Read + Send + 'static, mut dst: File, done: Sender<()>) {
+fn spawn_output(
+    name: &str,
+    what: &'static str,
+    mut src: impl Read + Send + 'static,
+    mut dst: File,
+    done: Sender<()>,
+) {
     let label = format!("{name}/{what}");
     let spawned = thread::Builder::new().name(format!("out-{what}")).spawn(move || {
         let mut buf = vec![0u8; COPY_BUF];
@@ -331,29 +377,35 @@ fn spawn_output(name: &str, what: &'static str, mut src: impl Read + Send + 'sta
 }
 
 /// Starts the stdin copier; returns a duplicate of the stream for CloseIO.
-fn spawn_input(name: &str, stream: OwnedFd, mut dst: impl Write + Send + 'static) -> Option<OwnedFd> {
+fn spawn_input(
+    name: &str,
+    stream: OwnedFd,
+    mut dst: impl Write + Send + 'static,
+) -> Option<OwnedFd> {
     let ctl = stream.try_clone().ok();
     let label = format!("{name}/stdin");
     let mut src = File::from(stream);
-    let spawned = thread::Builder::new().name("in-stdin".into()).spawn(move || {
-        let mut buf = vec![0u8; COPY_BUF];
-        loop {
-            let n = match src.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => {
-                    tracing::debug!(stream = %label, "reading stdin stream: {e}");
+    let spawned = thread::Builder::new()
+        .name("in-stdin".into())
+        .spawn(move || {
+            let mut buf = vec![0u8; COPY_BUF];
+            loop {
+                let n = match src.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(e) => {
+                        tracing::debug!(stream = %label, "reading stdin stream: {e}");
+                        break;
+                    }
+                };
+                if let Err(e) = dst.write_all(&buf[..n]) {
+                    tracing::debug!(stream = %label, "process stdin closed: {e}");
                     break;
                 }
-            };
-            if let Err(e) = dst.write_all(&buf[..n]) {
-                tracing::debug!(stream = %label, "process stdin closed: {e}");
-                break;
             }
-        }
-        // Dropping dst closes the process's stdin (pipe mode).
-    });
+            // Dropping dst closes the process's stdin (pipe mode).
+        });
     if let Err(e) = spawned {
         tracing::error!("cannot spawn the stdin copier: {e}");
     }
@@ -374,8 +426,13 @@ pub fn recv_pty_master(listener: &std::os::unix::net::UnixListener) -> AgentResu
     let mut name = [0u8; 256];
     let mut iov = [io::IoSliceMut::new(&mut name)];
     let mut cmsg = nix::cmsg_space!([std::os::fd::RawFd; 1]);
-    let msg = recvmsg::<()>(conn.as_raw_fd(), &mut iov, Some(&mut cmsg), MsgFlags::MSG_CMSG_CLOEXEC)
-        .map_err(|e| AgentError::internal("console socket recvmsg", e))?;
+    let msg = recvmsg::<()>(
+        conn.as_raw_fd(),
+        &mut iov,
+        Some(&mut cmsg),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .map_err(|e| AgentError::internal("console socket recvmsg", e))?;
     let cmsgs = msg
         .cmsgs()
         .map_err(|e| AgentError::internal("console socket control message", e))?;
@@ -393,7 +450,9 @@ pub fn recv_pty_master(listener: &std::os::unix::net::UnixListener) -> AgentResu
             }
         }
     }
-    Err(AgentError::Internal("console socket: no pty master received".into()))
+    Err(AgentError::Internal(
+        "console socket: no pty master received".into(),
+    ))
 }
 
 #[cfg(test)]
@@ -413,8 +472,19 @@ mod tests {
             StdioUrl::parse("vsock://2:6000").unwrap(),
             StdioUrl::Vsock { cid: 2, port: 6000 }
         );
-        for bad in ["unix://rel", "vsock://2", "vsock://x:1", "vsock://2:y", "tcp://1:2", "/tmp/x", &format!("unix:///{}", "a".repeat(120))] {
-            assert!(matches!(StdioUrl::parse(bad), Err(AgentError::InvalidArgument(_))), "{bad}");
+        for bad in [
+            "unix://rel",
+            "vsock://2",
+            "vsock://x:1",
+            "vsock://2:y",
+            "tcp://1:2",
+            "/tmp/x",
+            &format!("unix:///{}", "a".repeat(120)),
+        ] {
+            assert!(
+                matches!(StdioUrl::parse(bad), Err(AgentError::InvalidArgument(_))),
+                "{bad}"
+            );
         }
     }
 
@@ -425,7 +495,10 @@ mod tests {
             terminal: true,
             ..Default::default()
         };
-        assert!(matches!(PreparedIo::open(&spec), Err(AgentError::InvalidArgument(_))));
+        assert!(matches!(
+            PreparedIo::open(&spec),
+            Err(AgentError::InvalidArgument(_))
+        ));
     }
 
     #[test]
@@ -445,7 +518,11 @@ mod tests {
         let (mut host_in, _) = in_l.accept().unwrap();
         let mut running = io.start("t", None);
         // Play the process: copy its stdin to its stdout, 3 MiB of data.
-        let ChildFds { stdin, stdout, stderr } = child;
+        let ChildFds {
+            stdin,
+            stdout,
+            stderr,
+        } = child;
         drop(stderr);
         let echo = thread::spawn(move || {
             let mut i = File::from(stdin);

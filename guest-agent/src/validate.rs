@@ -12,7 +12,9 @@ pub const MAX_ID_LEN: usize = 64;
 /// `[A-Za-z0-9_.-]`, and not `.` or `..` (ids become path components).
 pub fn id(kind: &str, value: &str) -> AgentResult<()> {
     if value.is_empty() {
-        return Err(AgentError::InvalidArgument(format!("{kind} must not be empty")));
+        return Err(AgentError::InvalidArgument(format!(
+            "{kind} must not be empty"
+        )));
     }
     if value.len() > MAX_ID_LEN {
         return Err(AgentError::InvalidArgument(format!(
@@ -21,7 +23,9 @@ pub fn id(kind: &str, value: &str) -> AgentResult<()> {
         )));
     }
     if value == "." || value == ".." {
-        return Err(AgentError::InvalidArgument(format!("{kind} {value:?} is not allowed")));
+        return Err(AgentError::InvalidArgument(format!(
+            "{kind} {value:?} is not allowed"
+        )));
     }
     if let Some(c) = value
         .chars()
@@ -43,9 +47,9 @@ pub fn bundle(path: &str) -> AgentResult<PathBuf> {
             "bundle path {path:?} must be absolute"
         )));
     }
-    let canon = p.canonicalize().map_err(|e| {
-        AgentError::InvalidArgument(format!("bundle path {path:?}: {e}"))
-    })?;
+    let canon = p
+        .canonicalize()
+        .map_err(|e| AgentError::InvalidArgument(format!("bundle path {path:?}: {e}")))?;
     if !canon.is_dir() {
         return Err(AgentError::InvalidArgument(format!(
             "bundle path {path:?} is not a directory"
@@ -69,9 +73,9 @@ pub fn root_inside_bundle(bundle: &Path, root: &Path) -> AgentResult<PathBuf> {
     } else {
         bundle.join(root)
     };
-    let canon = joined.canonicalize().map_err(|e| {
-        AgentError::InvalidArgument(format!("root.path {}: {e}", joined.display()))
-    })?;
+    let canon = joined
+        .canonicalize()
+        .map_err(|e| AgentError::InvalidArgument(format!("root.path {}: {e}", joined.display())))?;
     if !canon.starts_with(bundle) || canon == bundle {
         return Err(AgentError::InvalidArgument(format!(
             "root.path {} resolves to {}, outside the bundle {}",
@@ -99,7 +103,10 @@ mod tests {
             assert!(id("id", ok).is_ok(), "{ok}");
         }
         for bad in ["", ".", "..", "a/b", "a b", "é", &"x".repeat(65), "a\0b"] {
-            assert!(matches!(id("id", bad), Err(AgentError::InvalidArgument(_))), "{bad:?}");
+            assert!(
+                matches!(id("id", bad), Err(AgentError::InvalidArgument(_))),
+                "{bad:?}"
+            );
         }
     }
 
@@ -120,7 +127,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let b = dir.path().canonicalize().unwrap();
         std::fs::create_dir(b.join("rootfs")).unwrap();
-        assert_eq!(root_inside_bundle(&b, Path::new("rootfs")).unwrap(), b.join("rootfs"));
+        assert_eq!(
+            root_inside_bundle(&b, Path::new("rootfs")).unwrap(),
+            b.join("rootfs")
+        );
         assert!(root_inside_bundle(&b, &b.join("rootfs")).is_ok());
         assert!(root_inside_bundle(&b, Path::new("../x")).is_err());
         assert!(root_inside_bundle(&b, Path::new("rootfs/../../etc")).is_err());

@@ -518,15 +518,25 @@ impl Drop for Agent {
             );
         }
         // Remove whatever the agent left of its cgroup root (leaves first).
-        for root in cgroup_root_dirs(&self.cgroup_root) {
-            if let Ok(rd) = fs::read_dir(&root) {
-                for e in rd.flatten() {
-                    if e.path().is_dir() {
-                        let _ = fs::remove_dir(e.path());
+        // Processes killed with the agent's pid namespace take a moment to
+        // leave their cgroups, so retry for a while.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let mut left = false;
+            for root in cgroup_root_dirs(&self.cgroup_root) {
+                if let Ok(rd) = fs::read_dir(&root) {
+                    for e in rd.flatten() {
+                        if e.path().is_dir() {
+                            left |= fs::remove_dir(e.path()).is_err();
+                        }
                     }
                 }
+                left |= fs::remove_dir(&root).is_err();
             }
-            let _ = fs::remove_dir(&root);
+            if !left || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
     }
 }
