@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::error::LibcontainerError;
-use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::Spec;
 
 use crate::error::{AgentError, AgentResult};
@@ -214,25 +212,6 @@ impl Drop for ConsoleSocket {
     }
 }
 
-fn base_builder(
-    paths: &Paths,
-    id: &str,
-    child: Option<ChildFds>,
-    console: Option<&ConsoleSocket>,
-) -> AgentResult<ContainerBuilder> {
-    let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
-        .with_root_path(&paths.lc_root)
-        .map_err(|e| lc_error("libcontainer root", e))?
-        .with_console_socket(console.map(|c| c.path.clone()));
-    if let Some(fds) = child {
-        b = b
-            .with_stdin(fds.stdin)
-            .with_stdout(fds.stdout)
-            .with_stderr(fds.stderr);
-    }
-    Ok(b)
-}
-
 /// Creates the container's init (stopped before the user process, waiting
 /// for Start). Call with the reaper's libcontainer lock held. Returns the
 /// init pid and the pty master in terminal mode.
@@ -248,16 +227,14 @@ pub fn create_init(
     } else {
         None
     };
-    let container = base_builder(paths, id, child, console.as_ref())?
-        .as_init(shadow)
-        .with_systemd(false)
-        .with_detach(true)
-        .build()
-        .map_err(|e| lc_error("creating the container", e))?;
-    let pid = container
-        .pid()
-        .and_then(|p| u32::try_from(p.as_raw()).ok())
-        .ok_or_else(|| AgentError::Internal("libcontainer returned no init pid".into()))?;
+    let pid = crate::lc_helper::run(crate::lc_helper::HelperRequest {
+        lc_root: &paths.lc_root,
+        scratch: &paths.sockets,
+        id,
+        op: crate::lc_helper::HelperOp::Create { bundle: shadow },
+        console_socket: console.as_ref().map(|c| c.path.as_path()),
+        stdio: child,
+    })?;
     let master = match &console {
         Some(c) => Some(c.master()?),
         None => None,
@@ -296,14 +273,18 @@ pub fn start_exec(
     } else {
         None
     };
-    let built = base_builder(paths, &c.id, child, console.as_ref())?
-        .as_tenant()
-        .with_process(Some(&spec_path))
-        .with_detach(true)
-        .build();
+    let built = crate::lc_helper::run(crate::lc_helper::HelperRequest {
+        lc_root: &paths.lc_root,
+        scratch: &paths.sockets,
+        id: &c.id,
+        op: crate::lc_helper::HelperOp::Exec {
+            process: &spec_path,
+        },
+        console_socket: console.as_ref().map(|c| c.path.as_path()),
+        stdio: child,
+    });
     let _ = std::fs::remove_file(&spec_path);
-    let pid = built.map_err(|e| lc_error("starting the exec process", e))?;
-    let pid = u32::try_from(pid.as_raw()).map_err(|e| AgentError::internal("exec pid", e))?;
+    let pid = built?;
     let master = match &console {
         Some(c) => Some(c.master()?),
         None => None,

@@ -10,6 +10,7 @@ pub mod error;
 pub mod events;
 pub mod guest_root;
 pub mod init;
+pub mod lc_helper;
 pub mod mounts;
 pub mod process;
 pub mod reaper;

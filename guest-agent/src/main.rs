@@ -5,7 +5,6 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use clap::Parser;
 use guest_agent::server::{self, Listen, RunOptions};
@@ -39,6 +38,12 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
+    // libcontainer's forking calls run in a fresh single-threaded copy of
+    // the agent (see lc_helper); it is recognised before any CLI parsing.
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_some_and(|a| a == guest_agent::lc_helper::HELPER_ARG) {
+        return guest_agent::lc_helper::helper_main(&args[2..]);
+    }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -48,15 +53,19 @@ fn main() -> ExitCode {
     // container's output. The writer takes no lock, which matters in the
     // forked children of this multithreaded process.
     let log = match log_file() {
-        Ok(f) => Arc::new(f),
+        Ok(f) => f,
         Err(e) => {
             eprintln!("guest-agent: cannot duplicate stderr for logging: {e}");
             return ExitCode::FAILURE;
         }
     };
+    // The log file lives as long as the process (leaked on purpose): the
+    // libcontainer helpers get a duplicate of its fd.
+    let log: &'static File = Box::leak(Box::new(log));
+    guest_agent::lc_helper::set_log(log.as_fd(), &cli.log_level);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(move || LogWriter(log.clone()))
+        .with_writer(move || LogWriter(log))
         .with_ansi(false)
         .init();
 
@@ -128,7 +137,7 @@ fn log_file() -> std::io::Result<File> {
 }
 
 /// Unbuffered, lock-free writer on the log fd.
-struct LogWriter(Arc<File>);
+struct LogWriter(&'static File);
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
