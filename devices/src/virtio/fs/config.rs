@@ -44,7 +44,10 @@ pub fn check_tag(tag: &str) -> Result<(), TagError> {
 
 /// The configuration space: the tag, NUL-padded, then the number of request
 /// queues (little endian).
-pub fn config_space(tag: &str, num_request_queues: u32) -> Result<[u8; CONFIG_SPACE_SIZE], TagError> {
+pub fn config_space(
+    tag: &str,
+    num_request_queues: u32,
+) -> Result<[u8; CONFIG_SPACE_SIZE], TagError> {
     check_tag(tag)?;
     let mut config = [0u8; CONFIG_SPACE_SIZE];
     config[..tag.len()].copy_from_slice(tag.as_bytes());

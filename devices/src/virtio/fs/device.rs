@@ -221,7 +221,9 @@ impl VirtioDevice for Fs {
         // rather than the ioeventfd: pass it on to the backend.
         if self.connection.is_started() {
             kick.write(1).map_err(|e| {
-                DeviceError::Backend(format!("cannot forward a notification of queue {index}: {e}"))
+                DeviceError::Backend(format!(
+                    "cannot forward a notification of queue {index}: {e}"
+                ))
             })?;
         }
         Ok(())

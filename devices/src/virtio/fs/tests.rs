@@ -15,9 +15,7 @@ use std::thread::JoinHandle;
 use vhost::vhost_user::message::{VhostUserProtocolFeatures, VhostUserVirtioFeatures};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
-};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
 use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
@@ -193,7 +191,10 @@ fn shared_memory() -> (GuestMemoryMmap, File) {
             (GuestAddress(gpa), size as usize, Some(f))
         })
         .collect();
-    (GuestMemoryMmap::from_ranges_with_files(ranges).unwrap(), file)
+    (
+        GuestMemoryMmap::from_ranges_with_files(ranges).unwrap(),
+        file,
+    )
 }
 
 /// A slot as vmm-core wires one for a direct-notification device.
@@ -313,7 +314,12 @@ fn handshake_offers_version_1_and_the_backends_ring_features() {
     backend.join();
     assert_eq!(
         backend.requests(),
-        [SET_OWNER, GET_FEATURES, GET_PROTOCOL_FEATURES, SET_PROTOCOL_FEATURES]
+        [
+            SET_OWNER,
+            GET_FEATURES,
+            GET_PROTOCOL_FEATURES,
+            SET_PROTOCOL_FEATURES
+        ]
     );
     backend.with_log(|log| {
         assert_eq!(
@@ -348,7 +354,11 @@ fn driver_ok_hands_the_backend_memory_rings_and_the_slots_eventfds() {
         device_features(&mut s.transport),
         VERSION_1 | INDIRECT | EVENT_IDX
     );
-    let status = drive(&mut s.transport, VERSION_1 | EVENT_IDX, request_queue.addresses());
+    let status = drive(
+        &mut s.transport,
+        VERSION_1 | EVENT_IDX,
+        request_queue.addresses(),
+    );
     assert_eq!(status, 0xf, "DRIVER_OK without NEEDS_RESET");
     assert!(s.device.lock().unwrap().is_activated());
 
@@ -386,7 +396,10 @@ fn driver_ok_hands_the_backend_memory_rings_and_the_slots_eventfds() {
             assert_eq!(table.u64_at(at + 8), size);
             assert_eq!(table.u64_at(at + 16), region.as_ptr() as u64);
             assert_eq!(table.u64_at(at + 24), offset);
-            assert!(same_file(&table.fds[i], &memfd), "region {i} fd is the memfd");
+            assert!(
+                same_file(&table.fds[i], &memfd),
+                "region {i} fd is the memfd"
+            );
         }
 
         let rings = [HIPRIO_RINGS, request_queue.addresses()];
@@ -401,7 +414,11 @@ fn driver_ok_hands_the_backend_memory_rings_and_the_slots_eventfds() {
             assert_eq!((m[2].u32_at(0), m[2].u32_at(4)), (queue as u32, 0), "BASE");
             assert_eq!(m[3].u64_at(0), queue as u64, "CALL carries an fd");
             assert_eq!(m[4].u64_at(0), queue as u64, "KICK carries an fd");
-            assert_eq!((m[5].u32_at(0), m[5].u32_at(4)), (queue as u32, 1), "ENABLE");
+            assert_eq!(
+                (m[5].u32_at(0), m[5].u32_at(4)),
+                (queue as u32, 1),
+                "ENABLE"
+            );
 
             // The call fd is the slot's irqfd, the kick fd the queue's
             // notification eventfd: a write on one end reads on the other.
@@ -447,7 +464,9 @@ fn a_backend_that_hangs_up_during_setup_leaves_the_device_needing_reset() {
     assert_eq!(s.irqfd.read().unwrap(), 1, "config-change interrupt raised");
     let failure = s.device.lock().unwrap().failure().map(str::to_string);
     assert!(
-        failure.as_deref().is_some_and(|f| f.contains("SET_MEM_TABLE")),
+        failure
+            .as_deref()
+            .is_some_and(|f| f.contains("SET_MEM_TABLE")),
         "{failure:?}"
     );
 }
@@ -458,7 +477,10 @@ fn a_backend_that_dies_while_running_puts_the_device_into_needs_reset() {
     let (mem, _memfd) = shared_memory();
     let request_queue = TestQueue::new(&mem, QUEUE_NUM);
     let mut s = slot(Fs::new("share", stream).unwrap(), &mem);
-    assert_eq!(drive(&mut s.transport, VERSION_1, request_queue.addresses()), 0xf);
+    assert_eq!(
+        drive(&mut s.transport, VERSION_1, request_queue.addresses()),
+        0xf
+    );
     // Without protocol features, rings need no SET_VRING_ENABLE.
     assert!(!backend.requests().contains(&SET_VRING_ENABLE));
 
@@ -487,11 +509,18 @@ fn a_notification_through_the_transport_is_forwarded_to_the_backend() {
     let (mem, _memfd) = shared_memory();
     let request_queue = TestQueue::new(&mem, QUEUE_NUM);
     let mut s = slot(Fs::new("share", stream).unwrap(), &mem);
-    assert_eq!(drive(&mut s.transport, VERSION_1, request_queue.addresses()), 0xf);
+    assert_eq!(
+        drive(&mut s.transport, VERSION_1, request_queue.addresses()),
+        0xf
+    );
     write_reg(&mut s.transport, 0x50, 1);
     assert_eq!(s.kicks[1].read().unwrap(), 1);
     write_reg(&mut s.transport, 0x50, 7);
-    assert_eq!(read_reg(&mut s.transport, 0x70), 0xf, "unknown queue ignored");
+    assert_eq!(
+        read_reg(&mut s.transport, 0x70),
+        0xf,
+        "unknown queue ignored"
+    );
 }
 
 /// FUSE_INIT (opcode 26) request header and body, protocol 7.38.
@@ -583,8 +612,5 @@ fn stopping_virtiofsd_kills_it_and_removes_its_socket_directory() {
 fn virtiofsd_that_cannot_serve_the_directory_is_reported() {
     let binary = find_virtiofsd().unwrap_or_else(|e| panic!("{e}"));
     let err = Virtiofsd::start(&binary, std::path::Path::new("/nonexistent/share")).unwrap_err();
-    assert!(
-        matches!(err, VirtiofsdError::EarlyExit { .. }),
-        "{err}"
-    );
+    assert!(matches!(err, VirtiofsdError::EarlyExit { .. }), "{err}");
 }

@@ -34,7 +34,9 @@ pub const START_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, thiserror::Error)]
 pub enum VirtiofsdError {
     /// No virtiofsd binary anywhere we look.
-    #[error("virtiofsd not found (looked at ${VIRTIOFSD_ENV}, PATH and ~/.cargo/bin): {INSTALL_HINT}")]
+    #[error(
+        "virtiofsd not found (looked at ${VIRTIOFSD_ENV}, PATH and ~/.cargo/bin): {INSTALL_HINT}"
+    )]
     NotFound,
     /// The binary named by the environment is not an executable file.
     #[error("{VIRTIOFSD_ENV}={0} is not an executable file")]
@@ -215,8 +217,8 @@ impl Virtiofsd {
     }
 
     /// Kills (if still running) and reaps the process and removes its
-    /// runtime directory. Idempotent. Returns the exit status if there was a
-    /// process left to reap.
+    /// runtime directory. Idempotent. Returns the exit status the first
+    /// time, `None` afterwards.
     pub fn stop(&mut self) -> Option<ExitStatus> {
         let status = self.child.take().and_then(|mut child| {
             if let Ok(None) = child.try_wait() {
@@ -285,11 +287,19 @@ mod tests {
         let path = std::env::join_paths([root.join("path1"), root.join("path2")]).unwrap();
         let home = Some(root.join("home").into_os_string());
 
-        let found = find_in(Some(env_bin.clone().into()), Some(path.clone()), home.clone());
+        let found = find_in(
+            Some(env_bin.clone().into()),
+            Some(path.clone()),
+            home.clone(),
+        );
         assert_eq!(found.unwrap(), env_bin);
         let found = find_in(None, Some(path.clone()), home.clone());
         assert_eq!(found.unwrap(), path_bin);
-        let found = find_in(Some(OsString::new()), Some(root.join("path1").into()), home.clone());
+        let found = find_in(
+            Some(OsString::new()),
+            Some(root.join("path1").into()),
+            home.clone(),
+        );
         assert_eq!(found.unwrap(), cargo_bin);
         assert!(matches!(
             find_in(None, Some(root.join("path1").into()), None),
