@@ -378,6 +378,7 @@ fn fs_without_virtiofsd_says_how_to_install_it() {
         &[
             ("PATH", "/usr/bin:/bin"),
             ("HOME", "SCRATCH"),
+            ("CARGO_HOME", "SCRATCH"),
             ("VMM_VIRTIOFSD", ""),
         ],
     );

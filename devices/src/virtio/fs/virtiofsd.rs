@@ -77,12 +77,14 @@ pub enum VirtiofsdError {
     Wait(#[source] std::io::Error),
 }
 
-/// Finds virtiofsd: `$VMM_VIRTIOFSD`, else `virtiofsd` on PATH, else
-/// `~/.cargo/bin/virtiofsd` (where `cargo install` puts it).
+/// Finds virtiofsd: `$VMM_VIRTIOFSD`, else `virtiofsd` on PATH, else in
+/// cargo's bin directory (`$CARGO_HOME/bin`, `~/.cargo/bin`: where `cargo
+/// install` puts it).
 pub fn find_virtiofsd() -> Result<PathBuf, VirtiofsdError> {
     find_in(
         std::env::var_os(VIRTIOFSD_ENV),
         std::env::var_os("PATH"),
+        std::env::var_os("CARGO_HOME"),
         std::env::var_os("HOME"),
     )
 }
@@ -90,6 +92,7 @@ pub fn find_virtiofsd() -> Result<PathBuf, VirtiofsdError> {
 fn find_in(
     explicit: Option<OsString>,
     path: Option<OsString>,
+    cargo_home: Option<OsString>,
     home: Option<OsString>,
 ) -> Result<PathBuf, VirtiofsdError> {
     if let Some(explicit) = explicit.filter(|p| !p.is_empty()) {
@@ -104,7 +107,10 @@ fn find_in(
         .iter()
         .flat_map(std::env::split_paths)
         .map(|dir| dir.join("virtiofsd"));
-    let in_cargo = home.map(|h| PathBuf::from(h).join(".cargo/bin/virtiofsd"));
+    let in_cargo = cargo_home
+        .map(|c| PathBuf::from(c).join("bin/virtiofsd"))
+        .into_iter()
+        .chain(home.map(|h| PathBuf::from(h).join(".cargo/bin/virtiofsd")));
     on_path
         .chain(in_cargo)
         .find(|p| is_executable(p))
@@ -287,26 +293,30 @@ mod tests {
         let path = std::env::join_paths([root.join("path1"), root.join("path2")]).unwrap();
         let home = Some(root.join("home").into_os_string());
 
-        let found = find_in(
-            Some(env_bin.clone().into()),
-            Some(path.clone()),
-            home.clone(),
-        );
+        let cargo_home = Some(root.join("cargo-home").into_os_string());
+        std::fs::create_dir_all(root.join("cargo-home/bin")).unwrap();
+        let path1 = Some(root.join("path1").into_os_string());
+
+        let found = find_in(Some(env_bin.clone().into()), Some(path.clone()), None, None);
         assert_eq!(found.unwrap(), env_bin);
-        let found = find_in(None, Some(path.clone()), home.clone());
+        let found = find_in(None, Some(path.clone()), None, home.clone());
         assert_eq!(found.unwrap(), path_bin);
         let found = find_in(
             Some(OsString::new()),
-            Some(root.join("path1").into()),
+            path1.clone(),
+            cargo_home.clone(),
             home.clone(),
         );
-        assert_eq!(found.unwrap(), cargo_bin);
+        assert_eq!(found.unwrap(), cargo_bin, "empty cargo home: ~/.cargo/bin");
+        let cargo_home_bin = executable(&root.join("cargo-home/bin"), "virtiofsd");
+        let found = find_in(None, path1.clone(), cargo_home, home.clone());
+        assert_eq!(found.unwrap(), cargo_home_bin, "$CARGO_HOME/bin first");
         assert!(matches!(
-            find_in(None, Some(root.join("path1").into()), None),
+            find_in(None, path1, None, None),
             Err(VirtiofsdError::NotFound)
         ));
         assert!(matches!(
-            find_in(Some(root.join("env").into()), Some(path), home),
+            find_in(Some(root.join("env").into()), Some(path), None, home),
             Err(VirtiofsdError::BadEnvPath(_))
         ));
         let message = VirtiofsdError::NotFound.to_string();
