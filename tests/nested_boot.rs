@@ -112,7 +112,7 @@ GUEST_FS="mkdir -p /mnt; mount -t virtiofs hostshare /mnt && echo mount-ok; cat 
 timeout 120 /x/vmmctl run --kernel $K --initrd $I --memory 256 --fs tag=hostshare,dir=/tmp/share --cmdline "$CMD quiet -- sh -c \"$GUEST_FS\"" </dev/null 2>&1
 echo "vm-exit=$?"
 echo "host-sees: $(cat /tmp/share/from-guest)"
-echo "virtiofsd-left=$(pgrep -x virtiofsd | wc -l)"
+echo "virtiofsd-left=$(cat /proc/[0-9]*/comm 2>/dev/null | grep -cx virtiofsd)"
 echo "=== case fs end exit=0"
 exit 0
 "#
