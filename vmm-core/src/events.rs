@@ -273,6 +273,19 @@ impl EventLoopHandle {
     }
 }
 
+/// The device-side event sources of one VM.
+#[derive(Default)]
+pub struct DeviceEvents {
+    /// Queue notification eventfds handled in the VMM.
+    pub queue_events: Vec<QueueEvent>,
+    /// The vsock backend's host sockets.
+    pub vsock: Option<VsockHostEvents>,
+    /// Tap devices.
+    pub taps: Vec<TapEvents>,
+    /// virtiofsd processes (one per virtio-fs share).
+    pub virtiofsds: Vec<VirtiofsdEvents>,
+}
+
 /// Namespace for starting the loop.
 pub struct EventLoop;
 
@@ -283,11 +296,14 @@ impl EventLoop {
         reset: EventFd,
         power_off: EventFd,
         console: Option<Arc<Mutex<Serial>>>,
-        queue_events: Vec<QueueEvent>,
-        vsock: Option<VsockHostEvents>,
-        taps: Vec<TapEvents>,
-        virtiofsds: Vec<VirtiofsdEvents>,
+        devices: DeviceEvents,
     ) -> std::io::Result<EventLoopHandle> {
+        let DeviceEvents {
+            queue_events,
+            vsock,
+            taps,
+            virtiofsds,
+        } = devices;
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let lifecycle = Lifecycle {
             reset,

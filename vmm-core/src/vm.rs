@@ -25,7 +25,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 use crate::config::{ConsoleConfig, FsConfig, ValidatedConfig};
 use crate::cpuid::{self, CpuidParams};
-use crate::events::{EventLoop, EventLoopHandle, TapEvents, VirtiofsdEvents, VsockHostEvents};
+use crate::events::{
+    DeviceEvents, EventLoop, EventLoopHandle, TapEvents, VirtiofsdEvents, VsockHostEvents,
+};
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::Hypervisor;
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
@@ -284,6 +286,7 @@ impl Vm {
         let mut virtiofsds = Vec::with_capacity(cfg.fs.len());
         for share in &cfg.fs {
             let (daemon, device) = start_share(share)?;
+            let (daemon, device) = (Arc::new(Mutex::new(daemon)), Arc::new(Mutex::new(device)));
             let notifier = virtio
                 .attach(&vm_fd, &mut mmio, &memory, device.clone())
                 .map_err(|e| device_err("virtio-fs")(e.to_string()))?;
@@ -367,10 +370,12 @@ impl Vm {
             self.reset_evt,
             self.power_off_evt,
             self.stdin_input.then(|| self.devices.serial.clone()),
-            self.queue_events,
-            self.vsock,
-            self.taps,
-            self.virtiofsds,
+            DeviceEvents {
+                queue_events: self.queue_events,
+                vsock: self.vsock,
+                taps: self.taps,
+                virtiofsds: self.virtiofsds,
+            },
         )
         .map_err(|source| VmError::Thread {
             what: "vmm-events".into(),
@@ -413,7 +418,7 @@ impl Vm {
 
 /// Starts the virtiofsd of a share and connects a virtio-fs device to it.
 /// On failure nothing is left running (the daemon is stopped on drop).
-fn start_share(share: &FsConfig) -> Result<(Arc<Mutex<Virtiofsd>>, Arc<Mutex<Fs>>), VmError> {
+fn start_share(share: &FsConfig) -> Result<(Virtiofsd, Fs), VmError> {
     let fs_err = |message: String| VmError::Device {
         what: "virtio-fs",
         message: format!("share `{}` ({}): {message}", share.tag, share.dir.display()),
@@ -426,7 +431,7 @@ fn start_share(share: &FsConfig) -> Result<(Arc<Mutex<Virtiofsd>>, Arc<Mutex<Fs>
         Virtiofsd::start(binary, &share.dir).map_err(|e| fs_err(e.to_string()))?;
     tracing::info!(tag = %share.tag, pid = daemon.pid(), "virtiofsd started");
     let device = Fs::new(&share.tag, stream).map_err(|e| fs_err(e.to_string()))?;
-    Ok((Arc::new(Mutex::new(daemon)), Arc::new(Mutex::new(device))))
+    Ok((daemon, device))
 }
 
 /// Opens a disk image (read-only when asked) as a virtio-blk device.

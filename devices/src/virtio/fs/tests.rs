@@ -473,7 +473,9 @@ fn a_backend_that_hangs_up_during_setup_leaves_the_device_needing_reset() {
 
 #[test]
 fn a_backend_that_dies_while_running_puts_the_device_into_needs_reset() {
-    let (mut backend, stream) = FakeBackend::start(BACKEND_FEATURES, 0, None);
+    // A backend without VHOST_USER_F_PROTOCOL_FEATURES (and so without
+    // REPLY_ACK: requests are not acknowledged).
+    let (mut backend, stream) = FakeBackend::start(VERSION_1 | EVENT_IDX, 0, None);
     let (mem, _memfd) = shared_memory();
     let request_queue = TestQueue::new(&mem, QUEUE_NUM);
     let mut s = slot(Fs::new("share", stream).unwrap(), &mem);
@@ -481,9 +483,6 @@ fn a_backend_that_dies_while_running_puts_the_device_into_needs_reset() {
         drive(&mut s.transport, VERSION_1, request_queue.addresses()),
         0xf
     );
-    // Without protocol features, rings need no SET_VRING_ENABLE.
-    assert!(!backend.requests().contains(&SET_VRING_ENABLE));
-
     // What the VMM's event thread does when virtiofsd's pidfd fires.
     s.device
         .lock()
@@ -501,6 +500,21 @@ fn a_backend_that_dies_while_running_puts_the_device_into_needs_reset() {
     assert_ne!(status & 0x40, 0, "{status:#x}");
     drop(s);
     backend.join();
+    // Without the protocol-features bit the frontend never asks for
+    // protocol features and rings run without SET_VRING_ENABLE; the reset
+    // stops both rings, and the failed device sends nothing more.
+    let per_queue = [
+        SET_VRING_NUM,
+        SET_VRING_ADDR,
+        SET_VRING_BASE,
+        SET_VRING_CALL,
+        SET_VRING_KICK,
+    ];
+    let mut expected = vec![SET_OWNER, GET_FEATURES, SET_FEATURES, SET_MEM_TABLE];
+    expected.extend(per_queue);
+    expected.extend(per_queue);
+    expected.extend([GET_VRING_BASE, GET_VRING_BASE]);
+    assert_eq!(backend.requests(), expected);
 }
 
 #[test]
