@@ -114,6 +114,17 @@ echo "vm-exit=$?"
 echo "host-sees: $(cat /tmp/share/from-guest)"
 echo "virtiofsd-left=$(cat /proc/[0-9]*/comm 2>/dev/null | grep -cx virtiofsd)"
 echo "=== case fs end exit=0"
+echo "=== case fs-backend-death begin"
+# virtiofsd killed under a running guest: the VMM logs it and the device
+# enters DEVICE_NEEDS_RESET, which the guest's driver sees in its status.
+GUEST_DEATH="echo fs-ready; i=0; while [ \$i -lt 90 ]; do s=\$(cat /sys/bus/virtio/devices/virtio0/status); [ \$s = 0x0000004f ] && break; sleep 1; i=\$((i+1)); done; echo guest-status=\$s"
+timeout 150 /x/vmmctl run --kernel $K --initrd $I --memory 256 --fs tag=hostshare,dir=/tmp/share --cmdline "$CMD quiet -- sh -c \"$GUEST_DEATH\"" </dev/null >/tmp/fs-death.out 2>&1 &
+VM=$!
+for i in $(seq 240); do grep -q fs-ready /tmp/fs-death.out && break; sleep 0.5; done
+for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = virtiofsd ] && kill -9 ${{p#/proc/}} && echo killed-virtiofsd; done
+wait $VM; echo "vm-exit=$?"
+cat /tmp/fs-death.out
+echo "=== case fs-backend-death end exit=0"
 exit 0
 "#
     )
@@ -408,6 +419,22 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
         fs.contains("virtiofsd-left=0"),
         "virtiofsd stopped with the VM:\n{fs}"
     );
+
+    let (death, _) = case("fs-backend-death");
+    assert!(death.contains("killed-virtiofsd"), "{death}");
+    assert!(
+        death.contains("virtiofsd exited"),
+        "the VMM reports the death:\n{death}"
+    );
+    assert!(
+        death.contains("device needs reset"),
+        "the device fails:\n{death}"
+    );
+    assert!(
+        death.contains("guest-status=0x0000004f"),
+        "the guest sees DEVICE_NEEDS_RESET:\n{death}"
+    );
+    assert!(death.contains("vm-exit=0"), "{death}");
 }
 
 #[test]

@@ -232,11 +232,11 @@ impl VirtiofsdEvents {
             };
             (status, daemon.shared_dir().display().to_string())
         };
-        let mut device = self.device.lock().unwrap_or_else(|p| p.into_inner());
-        let tag = device.tag().to_string();
-        tracing::error!(%tag, %dir, "virtiofsd exited ({status}); the share is gone");
-        device.backend_failed(format!("virtiofsd for {dir} exited with {status}"));
-        drop(device);
+        // Logged as an error by the device, with its tag.
+        self.device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .backend_failed(format!("virtiofsd for {dir} exited with {status}"));
         self.notifier.notify(0);
     }
 }

@@ -203,7 +203,10 @@ impl VirtioDevice for Fs {
     }
 
     fn reset(&mut self) {
-        if let Err(err) = self.connection.stop() {
+        if self.failure.is_some() {
+            // The backend is gone: there is nothing to stop.
+            self.connection.abandon();
+        } else if let Err(err) = self.connection.stop() {
             warn!(tag = %self.tag, "virtio-fs: stopping the backend's rings failed: {err}");
             self.fail(&err);
         }

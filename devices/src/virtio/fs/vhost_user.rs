@@ -209,6 +209,11 @@ impl Connection {
         Ok(())
     }
 
+    /// Forgets the rings without telling the backend (it is gone).
+    pub fn abandon(&mut self) {
+        self.started = false;
+    }
+
     /// Stops every ring (GET_VRING_BASE); the backend keeps its connection
     /// and can be started again. Stops at the first failure.
     pub fn stop(&mut self) -> Result<(), VhostUserError> {
