@@ -423,7 +423,7 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
     let (death, _) = case("fs-backend-death");
     assert!(death.contains("killed-virtiofsd"), "{death}");
     assert!(
-        death.contains("virtiofsd exited"),
+        death.contains("virtio-fs backend failed: virtiofsd for /tmp/share exited"),
         "the VMM reports the death:\n{death}"
     );
     assert!(
