@@ -15,6 +15,9 @@ AGENT_STATIC := target/$(AGENT_TARGET)/release/guest-agent
 AGENT_IMAGE := $(CACHE)/initramfs/agent-initramfs.cpio.gz
 DEBIAN_PACKAGES := build-essential bc bison flex libelf-dev libssl-dev cpio xz-utils kmod \
 	linux-source-6.1 busybox-static qemu-system-x86 device-tree-compiler e2fsprogs
+# virtio-fs backend: virtiofsd from crates.io (pinned), built against these.
+DEBIAN_PACKAGES += libseccomp-dev libcap-ng-dev
+VIRTIOFSD_VERSION := 1.14.0
 
 .PHONY: all deps build kernel initramfs agent-image demo test bench lint fmt clean-cache fuzz
 
@@ -39,6 +42,13 @@ deps:
 	    cargo-web rustc-web rust-web-clippy rustfmt-web >/dev/null; \
 	fi
 	@$(CARGO) --version >&2
+	@# virtiofsd for virtio-fs (vmmctl run --fs): cargo install, skipped when
+	@# the pinned version is already in cargo's bin directory.
+	@bin="$${CARGO_HOME:-$$HOME/.cargo}/bin/virtiofsd"; \
+	if [ "$$("$$bin" --version 2>/dev/null)" != "virtiofsd $(VIRTIOFSD_VERSION)" ]; then \
+	  echo "make: installing virtiofsd $(VIRTIOFSD_VERSION) (cargo install, a few minutes)" >&2; \
+	  $(CARGO) install virtiofsd --version $(VIRTIOFSD_VERSION) --locked --force; \
+	fi
 
 ## build: the workspace in release mode
 build: deps

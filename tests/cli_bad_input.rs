@@ -313,3 +313,111 @@ fn unknown_disk_option() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown disk option `bogus`"), "{stderr}");
 }
+
+/// `vmmctl run --kernel <good kernel> --fs ARG... --force` with `env` set,
+/// temporary files (virtiofsd's socket directory) going to the scratch dir.
+fn run_with_shares(shares: &[&str], env: &[(&str, &str)]) -> (Scratch, Output) {
+    let s = Scratch::new();
+    let k = good_kernel(&s);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_vmmctl"));
+    cmd.args(["run", "--kernel", k.to_str().unwrap(), "--console", "none"]);
+    for share in shares {
+        cmd.args([
+            "--fs",
+            &share.replace("SCRATCH", s.path().to_str().unwrap()),
+        ]);
+    }
+    cmd.arg(force())
+        .current_dir(s.path())
+        .env("RUST_LOG", "warn")
+        .env("TMPDIR", s.path())
+        .env_remove("XDG_RUNTIME_DIR");
+    for (k, v) in env {
+        cmd.env(k, v.replace("SCRATCH", s.path().to_str().unwrap()));
+    }
+    let out = cmd.output().expect("vmmctl runs");
+    (s, out)
+}
+
+/// Processes whose command line mentions `needle` (a leftover virtiofsd).
+fn processes_mentioning(needle: &str) -> Vec<String> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(needle) && c.contains("virtiofsd"))
+        .collect()
+}
+
+#[test]
+fn fs_share_errors_are_one_clear_line_with_no_leftovers() {
+    let cases: [(&[&str], &str); 5] = [
+        (&["tag=a,dir=/nonexistent/share"], "/nonexistent/share"),
+        (&["tag=a,dir=SCRATCH/vmlinux"], "not a directory"),
+        (&["tag=,dir=SCRATCH"], "tag is empty"),
+        (
+            &["tag=0123456789012345678901234567890123456,dir=SCRATCH"],
+            "at most 36 are allowed",
+        ),
+        (
+            &["tag=a,dir=SCRATCH", "tag=a,dir=/"],
+            "`a` is used by more than one",
+        ),
+    ];
+    for (shares, needle) in cases {
+        let (s, out) = run_with_shares(shares, &[]);
+        assert_clean_failure(&out, needle);
+        assert_eq!(s.entries(), vec!["vmlinux"], "no leftover files");
+    }
+}
+
+#[test]
+fn fs_without_virtiofsd_says_how_to_install_it() {
+    let (s, out) = run_with_shares(
+        &["tag=a,dir=SCRATCH"],
+        &[
+            ("PATH", "/usr/bin:/bin"),
+            ("HOME", "SCRATCH"),
+            ("CARGO_HOME", "SCRATCH"),
+            ("VMM_VIRTIOFSD", ""),
+        ],
+    );
+    assert_clean_failure(&out, "cargo install virtiofsd");
+    assert_eq!(s.entries(), vec!["vmlinux"]);
+    let (_s, out) = run_with_shares(
+        &["tag=a,dir=SCRATCH"],
+        &[("VMM_VIRTIOFSD", "/nonexistent/virtiofsd")],
+    );
+    assert_clean_failure(&out, "VMM_VIRTIOFSD=/nonexistent/virtiofsd");
+}
+
+#[test]
+fn fs_shares_start_and_stop_their_virtiofsd() {
+    // Two shares; the synthetic guest resets at once and vmmctl ends: both
+    // virtiofsd instances are stopped and their socket directories gone.
+    let share = Scratch::new();
+    let dir = share.path().to_str().unwrap();
+    let (s, out) = run_with_shares(
+        &[&format!("tag=one,dir={dir}"), "tag=two,dir=SCRATCH"],
+        &[("RUST_LOG", "vmm_core=info")],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        stderr.matches("virtiofsd started").count(),
+        2,
+        "one virtiofsd per share: {stderr}"
+    );
+    assert_eq!(s.entries(), vec!["vmlinux"], "socket directories removed");
+    let scratch = s.path().to_str().unwrap();
+    assert_eq!(processes_mentioning(scratch), Vec::<String>::new());
+    assert_eq!(processes_mentioning(dir), Vec::<String>::new());
+}
+
+#[test]
+fn help_explains_fs() {
+    let out = vmmctl(&["run", "--help"], Path::new("/"));
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("--fs <tag=T,dir=PATH>"), "{help}");
+    assert!(help.contains("virtiofs"), "{help}");
+}

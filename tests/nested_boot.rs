@@ -103,6 +103,28 @@ wait $SENDER
 grep -v "Connection refused" /tmp/sender.out
 rm -f /tmp/net-send /tmp/sender.out
 echo "=== case net end exit=0"
+echo "=== case fs begin"
+# virtio-fs: vmmctl starts virtiofsd (/x/virtiofsd, first on PATH) for the
+# share; the guest mounts it, reads the host's file and writes its own, which
+# the host then reads after the VM is gone.
+rm -rf /tmp/share; mkdir /tmp/share; echo fs-host-content-5e1d >/tmp/share/from-host
+GUEST_FS="mkdir -p /mnt; mount -t virtiofs hostshare /mnt && echo mount-ok; cat /mnt/from-host; echo fs-guest-content-9b2c >/mnt/from-guest; sync; umount /mnt; echo umount-exit=\$?"
+timeout 120 /x/vmmctl run --kernel $K --initrd $I --memory 256 --fs tag=hostshare,dir=/tmp/share --cmdline "$CMD quiet -- sh -c \"$GUEST_FS\"" </dev/null 2>&1
+echo "vm-exit=$?"
+echo "host-sees: $(cat /tmp/share/from-guest)"
+echo "virtiofsd-left=$(cat /proc/[0-9]*/comm 2>/dev/null | grep -cx virtiofsd)"
+echo "=== case fs end exit=0"
+echo "=== case fs-backend-death begin"
+# virtiofsd killed under a running guest: the VMM logs it and the device
+# enters DEVICE_NEEDS_RESET, which the guest's driver sees in its status.
+GUEST_DEATH="echo fs-ready; i=0; while [ \$i -lt 90 ]; do s=\$(cat /sys/bus/virtio/devices/virtio0/status); [ \$s = 0x0000004f ] && break; sleep 1; i=\$((i+1)); done; echo guest-status=\$s"
+timeout 150 /x/vmmctl run --kernel $K --initrd $I --memory 256 --fs tag=hostshare,dir=/tmp/share --cmdline "$CMD quiet -- sh -c \"$GUEST_DEATH\"" </dev/null >/tmp/fs-death.out 2>&1 &
+VM=$!
+for i in $(seq 240); do grep -q fs-ready /tmp/fs-death.out && break; sleep 0.5; done
+for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = virtiofsd ] && kill -9 ${{p#/proc/}} && echo killed-virtiofsd; done
+wait $VM; echo "vm-exit=$?"
+cat /tmp/fs-death.out
+echo "=== case fs-backend-death end exit=0"
 exit 0
 "#
     )
@@ -149,6 +171,10 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
     std::fs::copy(kernel_dir.join("vmlinux"), p.join("vmlinux")).unwrap();
     std::fs::copy(kernel_dir.join("bzImage"), p.join("bzImage")).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_vmmctl"), p.join("vmmctl")).unwrap();
+    // virtio-fs backend (dynamically linked: the test host copies its
+    // libraries); `make deps` installs it.
+    let virtiofsd = devices::virtio::fs::find_virtiofsd().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::copy(&virtiofsd, p.join("virtiofsd")).unwrap();
     let initramfs = p.join("initramfs.cpio.gz");
     script_output(
         "resources/initramfs/build.sh",
@@ -372,6 +398,43 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
     assert!(net.contains("nc-exit=0"), "{net}");
     assert!(net.contains("host-send-done"), "{net}");
     assert!(net.contains("vm-exit=0"), "{net}");
+
+    let (fs, _) = case("fs");
+    assert!(
+        fs.contains("mount-ok"),
+        "guest mounts the virtio-fs share:\n{fs}"
+    );
+    assert!(
+        fs.lines().any(|l| l.trim() == "fs-host-content-5e1d"),
+        "guest reads the host's file:\n{fs}"
+    );
+    assert!(fs.contains("umount-exit=0"), "{fs}");
+    assert!(fs.contains("vmm-guest: command exit=0"), "{fs}");
+    assert!(fs.contains("vm-exit=0"), "{fs}");
+    assert!(
+        fs.contains("host-sees: fs-guest-content-9b2c"),
+        "the host sees the guest's write:\n{fs}"
+    );
+    assert!(
+        fs.contains("virtiofsd-left=0"),
+        "virtiofsd stopped with the VM:\n{fs}"
+    );
+
+    let (death, _) = case("fs-backend-death");
+    assert!(death.contains("killed-virtiofsd"), "{death}");
+    assert!(
+        death.contains("virtio-fs backend failed: virtiofsd for /tmp/share exited"),
+        "the VMM reports the death:\n{death}"
+    );
+    assert!(
+        death.contains("device needs reset"),
+        "the device fails:\n{death}"
+    );
+    assert!(
+        death.contains("guest-status=0x0000004f"),
+        "the guest sees DEVICE_NEEDS_RESET:\n{death}"
+    );
+    assert!(death.contains("vm-exit=0"), "{death}");
 }
 
 #[test]

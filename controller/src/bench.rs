@@ -98,6 +98,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
         disks: Vec::new(),
         vsock: None,
         nets: Vec::new(),
+        fs: Vec::new(),
     }
     .validate(&limits)
     .map_err(LaunchError::from)?;
@@ -137,6 +138,7 @@ pub fn bench_boot(cfg: &BootBench) -> Result<BootBenchReport, BenchError> {
                 disks: Vec::new(),
                 vsock: None,
                 nets: Vec::new(),
+                fs: Vec::new(),
             }
             .validate(&limits)
             .map_err(LaunchError::from)?;

@@ -72,6 +72,7 @@ pub fn synthetic_vm(kvm: &Hypervisor, code: &[u8], vcpus: u32, start_all_vcpus: 
         disks: Vec::new(),
         vsock: None,
         nets: Vec::new(),
+        fs: Vec::new(),
     }
     .validate(&HostLimits::probe(kvm.kvm()).unwrap())
     .unwrap();

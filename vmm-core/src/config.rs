@@ -6,8 +6,11 @@
 //! before touching KVM is made here, so bad input fails fast with a message
 //! that names the offending value.
 
+use std::collections::HashSet;
 use std::fs;
 use std::path::{Path, PathBuf};
+
+use devices::virtio::fs::{check_tag, find_virtiofsd, TagError};
 
 /// Smallest guest memory we accept: the boot structures, a kernel and an
 /// initramfs need a few MiB; anything below this cannot boot Linux.
@@ -153,6 +156,48 @@ impl std::str::FromStr for NetConfig {
     }
 }
 
+/// A virtio-fs share served by a virtiofsd the VMM starts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FsConfig {
+    /// The tag the guest mounts (`mount -t virtiofs TAG DIR`): 1 to 36 bytes.
+    pub tag: String,
+    /// The host directory shared with the guest.
+    pub dir: PathBuf,
+    /// The virtiofsd binary; when `None`, validation looks it up
+    /// (`$VMM_VIRTIOFSD`, PATH, `~/.cargo/bin`) and fills it in.
+    pub virtiofsd: Option<PathBuf>,
+}
+
+impl std::str::FromStr for FsConfig {
+    type Err = String;
+
+    /// Parses `tag=T,dir=PATH` (the tag is checked by validation).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (mut tag, mut dir) = (None, None);
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("tag", v)) => tag = Some(v.to_string()),
+                Some(("dir", v)) if !v.is_empty() => dir = Some(PathBuf::from(v)),
+                _ => {
+                    return Err(format!(
+                        "invalid fs option `{part}` (expected tag=T,dir=PATH)"
+                    ))
+                }
+            }
+        }
+        match (tag, dir) {
+            (Some(tag), Some(dir)) => Ok(FsConfig {
+                tag,
+                dir,
+                virtiofsd: None,
+            }),
+            _ => Err(format!(
+                "invalid fs `{s}`: both tag=T and dir=PATH are required"
+            )),
+        }
+    }
+}
+
 /// What a user asks for.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VmConfig {
@@ -176,6 +221,8 @@ pub struct VmConfig {
     pub vsock: Option<VsockConfig>,
     /// virtio-net devices (eth0, eth1, ... in the guest).
     pub nets: Vec<NetConfig>,
+    /// virtio-fs shares, one virtiofsd each.
+    pub fs: Vec<FsConfig>,
 }
 
 /// Facts about the host a configuration is checked against.
@@ -276,6 +323,25 @@ pub enum ConfigError {
     /// Command line contains a NUL byte.
     #[error("kernel command line contains a NUL byte")]
     CmdlineNul,
+    /// A virtio-fs tag is unusable.
+    #[error(transparent)]
+    FsTag(#[from] TagError),
+    /// Two shares have the same tag.
+    #[error("virtio-fs tag `{0}` is used by more than one share")]
+    DuplicateFsTag(String),
+    /// A shared directory is missing or not a directory.
+    #[error("virtio-fs share `{tag}`: {path}: {reason}")]
+    FsDir {
+        /// The share's tag.
+        tag: String,
+        /// The directory given.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// virtiofsd is not installed (or not where it was said to be).
+    #[error("{0}")]
+    Virtiofsd(String),
 }
 
 /// Largest vCPU count the boot tables (MP table, MADT, APIC IDs in 8 bits) describe.
@@ -320,8 +386,36 @@ impl VmConfig {
         if self.cmdline.contains('\0') {
             return Err(ConfigError::CmdlineNul);
         }
-        Ok(ValidatedConfig(self))
+        let mut config = self;
+        check_shares(&mut config.fs)?;
+        Ok(ValidatedConfig(config))
     }
+}
+
+/// Checks every virtio-fs share (tag, uniqueness, directory) and resolves
+/// the virtiofsd binary of those that do not name one.
+fn check_shares(shares: &mut [FsConfig]) -> Result<(), ConfigError> {
+    let mut tags = HashSet::new();
+    for share in shares.iter() {
+        check_tag(&share.tag)?;
+        if !tags.insert(share.tag.as_str()) {
+            return Err(ConfigError::DuplicateFsTag(share.tag.clone()));
+        }
+        let bad = |reason: String| ConfigError::FsDir {
+            tag: share.tag.clone(),
+            path: share.dir.clone(),
+            reason,
+        };
+        let meta = fs::metadata(&share.dir).map_err(|e| bad(e.to_string()))?;
+        if !meta.is_dir() {
+            return Err(bad("not a directory".into()));
+        }
+    }
+    for share in shares.iter_mut().filter(|s| s.virtiofsd.is_none()) {
+        let binary = find_virtiofsd().map_err(|e| ConfigError::Virtiofsd(e.to_string()))?;
+        share.virtiofsd = Some(binary);
+    }
+    Ok(())
 }
 
 fn check_file(what: &'static str, path: &Path) -> Result<(), ConfigError> {
@@ -370,6 +464,7 @@ mod tests {
             disks: Vec::new(),
             vsock: None,
             nets: Vec::new(),
+            fs: Vec::new(),
         }
     }
 
@@ -543,6 +638,67 @@ mod tests {
             .unwrap_err()
             .contains("MAC"));
         assert!("tap=averyveryverylongname".parse::<NetConfig>().is_err());
+    }
+
+    #[test]
+    fn parses_fs_arguments() {
+        let f: FsConfig = "tag=share,dir=/srv/x".parse().unwrap();
+        assert_eq!(
+            (f.tag.as_str(), f.dir.to_str().unwrap(), f.virtiofsd),
+            ("share", "/srv/x", None)
+        );
+        let f: FsConfig = "dir=/a,tag=t".parse().unwrap();
+        assert_eq!(f.tag, "t");
+        assert!("tag=t"
+            .parse::<FsConfig>()
+            .unwrap_err()
+            .contains("required"));
+        assert!("tag=t,dir=".parse::<FsConfig>().is_err());
+        assert!("tag=t,dir=/a,ro"
+            .parse::<FsConfig>()
+            .unwrap_err()
+            .contains("`ro`"));
+    }
+
+    fn share(tag: &str, dir: &Path) -> FsConfig {
+        FsConfig {
+            tag: tag.into(),
+            dir: dir.to_path_buf(),
+            virtiofsd: Some("/bin/true".into()),
+        }
+    }
+
+    #[test]
+    fn rejects_bad_shares() {
+        let (_f, k) = kernel_file();
+        let dir = vmm_sys_util::tempdir::TempDir::new().unwrap();
+        let mut c = config(k);
+        c.fs = vec![share("a", dir.as_path()), share("b", dir.as_path())];
+        assert!(c.clone().validate(&LIMITS).is_ok());
+
+        c.fs[1].tag = "a".into();
+        assert_eq!(
+            c.clone().validate(&LIMITS),
+            Err(ConfigError::DuplicateFsTag("a".into()))
+        );
+        c.fs[1].tag = String::new();
+        assert_eq!(
+            c.clone().validate(&LIMITS),
+            Err(ConfigError::FsTag(TagError::Empty))
+        );
+        c.fs[1].tag = "x".repeat(37);
+        let err = c.clone().validate(&LIMITS).unwrap_err();
+        assert!(err.to_string().contains("at most 36"), "{err}");
+
+        c.fs[1] = share("b", Path::new("/nonexistent/share"));
+        let err = c.clone().validate(&LIMITS).unwrap_err();
+        assert!(matches!(err, ConfigError::FsDir { .. }), "{err}");
+        assert!(err.to_string().contains("/nonexistent/share"), "{err}");
+
+        let (_file, file_path) = kernel_file();
+        c.fs[1] = share("b", &file_path);
+        let err = c.validate(&LIMITS).unwrap_err();
+        assert!(err.to_string().contains("not a directory"), "{err}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The VM's event thread: turns device eventfds (reset, power-off) into exit
 //! reasons and feeds console input from stdin to the serial port. Built on
-//! event-manager; one thread per VM, named `vmm-events`.
+//! event-manager; one thread per VM, named `vmm-events`. It also watches each
+//! virtiofsd (its pidfd): a death is a device error of that share.
 
 use std::io::Read;
 use std::os::fd::{AsRawFd, RawFd};
@@ -8,9 +9,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use devices::virtio::fs::Virtiofsd;
 use devices::virtio::net::RX_QUEUE as NET_RX_QUEUE;
 use devices::virtio::vsock::RX_QUEUE as VSOCK_RX_QUEUE;
-use devices::virtio::{QueueNotifier, Vsock};
+use devices::virtio::{Fs, QueueNotifier, Vsock};
 use devices::Serial;
 use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
 use vmm_sys_util::epoll::EventSet;
@@ -199,6 +201,60 @@ impl MutEventSubscriber for TapEvents {
     }
 }
 
+/// The virtiofsd process behind a virtio-fs device. Its pidfd turns
+/// readable when it exits: the device then fails (DEVICE_NEEDS_RESET with a
+/// configuration-change interrupt once the transport hears of it).
+pub struct VirtiofsdEvents {
+    /// The process (shared with the running VM, which stops it).
+    pub daemon: Arc<Mutex<Virtiofsd>>,
+    /// The device it serves.
+    pub device: Arc<Mutex<Fs>>,
+    /// The device's transport notifier.
+    pub notifier: QueueNotifier,
+}
+
+impl VirtiofsdEvents {
+    fn pidfd(&self) -> RawFd {
+        self.daemon
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pidfd()
+    }
+
+    /// The process exited: reap it, fail the device, tell the transport.
+    fn backend_exited(&self) {
+        let (status, dir) = {
+            let mut daemon = self.daemon.lock().unwrap_or_else(|p| p.into_inner());
+            let status = match daemon.try_wait() {
+                Ok(Some(status)) => status.to_string(),
+                Ok(None) => "an unknown status".to_string(),
+                Err(e) => e.to_string(),
+            };
+            (status, daemon.shared_dir().display().to_string())
+        };
+        // Logged as an error by the device, with its tag.
+        self.device
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .backend_failed(format!("virtiofsd for {dir} exited with {status}"));
+        self.notifier.notify(0);
+    }
+}
+
+impl MutEventSubscriber for VirtiofsdEvents {
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new_raw(self.pidfd(), EventSet::IN)) {
+            tracing::error!("cannot watch virtiofsd's pidfd: {e}");
+        }
+    }
+
+    fn process(&mut self, events: Events, ops: &mut EventOps) {
+        // Level-triggered and readable for good: watch it once.
+        let _ = ops.remove(events);
+        self.backend_exited();
+    }
+}
+
 /// A running event thread.
 pub struct EventLoopHandle {
     stop: EventFd,
@@ -217,6 +273,19 @@ impl EventLoopHandle {
     }
 }
 
+/// The device-side event sources of one VM.
+#[derive(Default)]
+pub struct DeviceEvents {
+    /// Queue notification eventfds handled in the VMM.
+    pub queue_events: Vec<QueueEvent>,
+    /// The vsock backend's host sockets.
+    pub vsock: Option<VsockHostEvents>,
+    /// Tap devices.
+    pub taps: Vec<TapEvents>,
+    /// virtiofsd processes (one per virtio-fs share).
+    pub virtiofsds: Vec<VirtiofsdEvents>,
+}
+
 /// Namespace for starting the loop.
 pub struct EventLoop;
 
@@ -227,10 +296,14 @@ impl EventLoop {
         reset: EventFd,
         power_off: EventFd,
         console: Option<Arc<Mutex<Serial>>>,
-        queue_events: Vec<QueueEvent>,
-        vsock: Option<VsockHostEvents>,
-        taps: Vec<TapEvents>,
+        devices: DeviceEvents,
     ) -> std::io::Result<EventLoopHandle> {
+        let DeviceEvents {
+            queue_events,
+            vsock,
+            taps,
+            virtiofsds,
+        } = devices;
         let stop = EventFd::new(libc::EFD_NONBLOCK)?;
         let lifecycle = Lifecycle {
             reset,
@@ -255,6 +328,9 @@ impl EventLoop {
         for tap in taps {
             manager.add_subscriber(Arc::new(Mutex::new(tap)));
         }
+        for virtiofsd in virtiofsds {
+            manager.add_subscriber(Arc::new(Mutex::new(virtiofsd)));
+        }
         if let Some(vsock) = vsock {
             manager.add_subscriber(Arc::new(Mutex::new(vsock)));
         }
@@ -278,5 +354,53 @@ impl EventLoop {
                 }
             })?;
         Ok(EventLoopHandle { stop, thread })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use devices::virtio::fs::find_virtiofsd;
+    use devices::virtio::{EventFdInterrupt, MmioTransport, VirtioDevice};
+
+    #[test]
+    fn a_virtiofsd_that_dies_fails_its_device_once() {
+        let binary = find_virtiofsd().unwrap_or_else(|e| panic!("{e}"));
+        let share = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmm-events-fs").unwrap();
+        let (daemon, stream) = Virtiofsd::start(&binary, share.as_path()).unwrap();
+        let pid = daemon.pid().unwrap();
+        let device = Arc::new(Mutex::new(Fs::new("t", stream).unwrap()));
+        let mem = crate::memory::create_guest_memory(16 << 20).unwrap();
+        let dyn_device: Arc<Mutex<dyn VirtioDevice>> = device.clone();
+        let interrupt = Arc::new(EventFdInterrupt::new(
+            EventFd::new(libc::EFD_NONBLOCK).unwrap(),
+        ));
+        let transport = MmioTransport::new(dyn_device, mem, interrupt);
+        let daemon = Arc::new(Mutex::new(daemon));
+        let mut manager: EventManager<Subscriber> = EventManager::new().unwrap();
+        manager.add_subscriber(Arc::new(Mutex::new(VirtiofsdEvents {
+            daemon: daemon.clone(),
+            device: device.clone(),
+            notifier: transport.queue_notifier(),
+        })));
+        assert_eq!(manager.run_with_timeout(0).unwrap(), 0, "alive: no event");
+
+        // SAFETY: kill(2) of our own, not yet reaped, child.
+        assert_eq!(unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) }, 0);
+        assert_eq!(manager.run_with_timeout(10_000).unwrap(), 1);
+        let failure = device.lock().unwrap().failure().map(str::to_string);
+        assert!(
+            failure
+                .as_deref()
+                .is_some_and(|f| f.contains("exited") && f.contains("9")),
+            "{failure:?}"
+        );
+        assert_eq!(manager.run_with_timeout(0).unwrap(), 0, "watched once");
+        // Already reaped: stopping reports the status and removes the
+        // socket directory.
+        use std::os::unix::process::ExitStatusExt;
+        let status = daemon.lock().unwrap().stop().map(|s| s.signal());
+        assert_eq!(status, Some(Some(libc::SIGKILL)));
+        assert!(daemon.lock().unwrap().stop().is_none());
     }
 }

@@ -23,7 +23,8 @@ pub mod x86_64;
 
 pub use backend::{BackendKind, KvmInfo};
 pub use config::{
-    ConsoleConfig, DiskConfig, HostLimits, NetConfig, ValidatedConfig, VmConfig, VsockConfig,
+    ConsoleConfig, DiskConfig, FsConfig, HostLimits, NetConfig, ValidatedConfig, VmConfig,
+    VsockConfig,
 };
 pub use exit::ExitReason;
 pub use hypervisor::Hypervisor;

@@ -8,14 +8,18 @@
 //! names, so the command line is not used on x86_64. For each slot this module
 //! registers an irqfd for the IRQ and one ioeventfd per queue on the
 //! QueueNotify register (matching the queue index), so a notification never
-//! exits to userspace on a vCPU thread: the event thread handles it.
+//! exits to userspace on a vCPU thread: the event thread handles it. A
+//! device served by another process (vhost-user: virtio-fs) gets those
+//! eventfds instead ([`VirtioDevice::set_direct_notifiers`]) and the event
+//! thread never sees its notifications: the backend reads the kicks and
+//! writes the irqfd itself.
 
 use std::sync::{Arc, Mutex};
 
 use boot::x86_64::layout;
 use boot::x86_64::VirtioMmioSlot;
 use devices::virtio::{
-    EventFdInterrupt, MmioTransport, QueueNotifier, VirtioDevice, MMIO_SLOT_SIZE,
+    DirectNotifiers, EventFdInterrupt, MmioTransport, QueueNotifier, VirtioDevice, MMIO_SLOT_SIZE,
     QUEUE_NOTIFY_OFFSET,
 };
 use devices::Bus;
@@ -103,13 +107,31 @@ impl VirtioSlots {
                 slot,
                 source,
             })?;
-        let queue_count = device
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .queue_max_sizes()
-            .len();
-        let transport =
-            MmioTransport::new(device, mem.clone(), Arc::new(EventFdInterrupt::new(irqfd)));
+        let (queue_count, direct) = {
+            let device = device.lock().unwrap_or_else(|p| p.into_inner());
+            (
+                device.queue_max_sizes().len(),
+                device.wants_direct_notifiers(),
+            )
+        };
+        let clone = |fd: &EventFd| {
+            fd.try_clone()
+                .map_err(|source| SlotError::EventFd { slot, source })
+        };
+        let mut direct_notifiers = if direct {
+            Some(DirectNotifiers {
+                kicks: Vec::with_capacity(queue_count),
+                call: clone(&irqfd)?,
+            })
+        } else {
+            None
+        };
+        let interrupt = if direct {
+            EventFdInterrupt::for_direct_backend(irqfd)
+        } else {
+            EventFdInterrupt::new(irqfd)
+        };
+        let transport = MmioTransport::new(device.clone(), mem.clone(), Arc::new(interrupt));
         let notify_addr = IoEventAddress::Mmio(base + QUEUE_NOTIFY_OFFSET);
         for queue in 0..queue_count as u32 {
             let event = new_eventfd()?;
@@ -119,11 +141,20 @@ impl VirtioSlots {
                     slot,
                     source,
                 })?;
-            self.queue_events.push(QueueEvent {
-                event,
-                notifier: transport.queue_notifier(),
-                queue,
-            });
+            match direct_notifiers.as_mut() {
+                Some(direct) => direct.kicks.push(event),
+                None => self.queue_events.push(QueueEvent {
+                    event,
+                    notifier: transport.queue_notifier(),
+                    queue,
+                }),
+            }
+        }
+        if let Some(notifiers) = direct_notifiers {
+            device
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .set_direct_notifiers(notifiers);
         }
         let notifier = transport.queue_notifier();
         bus.insert(Arc::new(Mutex::new(transport)), base, MMIO_SLOT_SIZE)

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use boot::x86_64 as arch_boot;
 use boot::x86_64::layout;
-use devices::virtio::{Block, Net, Rng, Tap, Vsock};
+use devices::virtio::fs::Virtiofsd;
+use devices::virtio::{Block, Fs, Net, Rng, Tap, Vsock};
 use devices::{
     AcpiPm, BootTimer, BootTimestamp, Bus, BusDevice, ConsoleOutput, DebugPort, Serial, I8042,
 };
@@ -22,9 +23,11 @@ use kvm_bindings::{kvm_mp_state, kvm_pit_config, KVM_MP_STATE_RUNNABLE, KVM_PIT_
 use kvm_ioctls::{Kvm, VmFd};
 use vmm_sys_util::eventfd::EventFd;
 
-use crate::config::{ConsoleConfig, ValidatedConfig};
+use crate::config::{ConsoleConfig, FsConfig, ValidatedConfig};
 use crate::cpuid::{self, CpuidParams};
-use crate::events::{EventLoop, EventLoopHandle, TapEvents, VsockHostEvents};
+use crate::events::{
+    DeviceEvents, EventLoop, EventLoopHandle, TapEvents, VirtiofsdEvents, VsockHostEvents,
+};
 use crate::exit::{ExitLatch, ExitReason};
 use crate::hypervisor::Hypervisor;
 use crate::memory::{self, GuestMemoryMmap, MemoryError};
@@ -181,6 +184,7 @@ pub struct Vm {
     queue_events: Vec<QueueEvent>,
     vsock: Option<VsockHostEvents>,
     taps: Vec<TapEvents>,
+    virtiofsds: Vec<VirtiofsdEvents>,
     build_start: Instant,
 }
 
@@ -279,6 +283,19 @@ impl Vm {
                 .attach(&vm_fd, &mut mmio, &memory, Arc::new(Mutex::new(Rng::new())))
                 .map_err(|e| device_err("virtio-rng")(e.to_string()))?;
         }
+        let mut virtiofsds = Vec::with_capacity(cfg.fs.len());
+        for share in &cfg.fs {
+            let (daemon, device) = start_share(share)?;
+            let (daemon, device) = (Arc::new(Mutex::new(daemon)), Arc::new(Mutex::new(device)));
+            let notifier = virtio
+                .attach(&vm_fd, &mut mmio, &memory, device.clone())
+                .map_err(|e| device_err("virtio-fs")(e.to_string()))?;
+            virtiofsds.push(VirtiofsdEvents {
+                daemon,
+                device,
+                notifier,
+            });
+        }
         phase("devices");
 
         let cmdline = CString::new(cfg.cmdline.as_bytes()).map_err(|_| VmError::Device {
@@ -328,6 +345,7 @@ impl Vm {
             queue_events: virtio.take_queue_events(),
             vsock,
             taps,
+            virtiofsds,
             build_start: options.build_start,
         })
     }
@@ -346,14 +364,18 @@ impl Vm {
         let control = Arc::new(RunControl::new());
         let stats = Arc::new(ExitStats::default());
         let first_run = Arc::new(OnceLock::new());
+        let virtiofsds = self.virtiofsds.iter().map(|v| v.daemon.clone()).collect();
         let events = EventLoop::start(
             exit.clone(),
             self.reset_evt,
             self.power_off_evt,
             self.stdin_input.then(|| self.devices.serial.clone()),
-            self.queue_events,
-            self.vsock,
-            self.taps,
+            DeviceEvents {
+                queue_events: self.queue_events,
+                vsock: self.vsock,
+                taps: self.taps,
+                virtiofsds: self.virtiofsds,
+            },
         )
         .map_err(|source| VmError::Thread {
             what: "vmm-events".into(),
@@ -378,6 +400,7 @@ impl Vm {
             vcpu_count: self.vcpus.len(),
             build_start: self.build_start,
             memory_ranges: memory::host_ranges(&self.memory),
+            virtiofsds,
             _vm_fd: self.vm_fd,
             _memory: self.memory,
         };
@@ -391,6 +414,24 @@ impl Vm {
         }
         Ok(running)
     }
+}
+
+/// Starts the virtiofsd of a share and connects a virtio-fs device to it.
+/// On failure nothing is left running (the daemon is stopped on drop).
+fn start_share(share: &FsConfig) -> Result<(Virtiofsd, Fs), VmError> {
+    let fs_err = |message: String| VmError::Device {
+        what: "virtio-fs",
+        message: format!("share `{}` ({}): {message}", share.tag, share.dir.display()),
+    };
+    let binary = share
+        .virtiofsd
+        .as_deref()
+        .ok_or_else(|| fs_err("no virtiofsd binary (the config was not validated)".into()))?;
+    let (daemon, stream) =
+        Virtiofsd::start(binary, &share.dir).map_err(|e| fs_err(e.to_string()))?;
+    tracing::info!(tag = %share.tag, pid = daemon.pid(), "virtiofsd started");
+    let device = Fs::new(&share.tag, stream).map_err(|e| fs_err(e.to_string()))?;
+    Ok((daemon, device))
 }
 
 /// Opens a disk image (read-only when asked) as a virtio-blk device.
@@ -639,6 +680,8 @@ pub struct RunningVm {
     vcpu_count: usize,
     build_start: Instant,
     memory_ranges: Vec<(u64, u64)>,
+    /// One per virtio-fs share; stopped when the VM ends.
+    virtiofsds: Vec<Arc<Mutex<Virtiofsd>>>,
     // Dropped last, after every thread using them is joined.
     _vm_fd: VmFd,
     _memory: GuestMemoryMmap,
@@ -736,6 +779,15 @@ impl RunningVm {
         }
         if let Some(events) = self.events.take() {
             events.stop();
+        }
+        // The guest is gone: stop each share's virtiofsd (kill, reap, remove
+        // its socket directory).
+        for daemon in self.virtiofsds.drain(..) {
+            let mut daemon = daemon.lock().unwrap_or_else(|p| p.into_inner());
+            let pid = daemon.pid();
+            if let Some(status) = daemon.stop() {
+                tracing::debug!(?pid, %status, "virtiofsd stopped");
+            }
         }
     }
 }

@@ -102,6 +102,13 @@ struct RunArgs {
     /// `tap=NAME[,mac=xx:xx:xx:xx:xx:xx][,netns=PATH]`. Repeatable.
     #[arg(long, value_name = "tap=NAME[,mac=..][,netns=PATH]")]
     net: Vec<vmm_core::NetConfig>,
+    /// Share a host directory with the guest over virtio-fs: `tag=T,dir=PATH`
+    /// (the guest runs `mount -t virtiofs T /mnt`; T is 1 to 36 bytes).
+    /// vmmctl starts one virtiofsd per share (found through $VMM_VIRTIOFSD,
+    /// PATH or ~/.cargo/bin; `make deps` installs it) and stops it when the
+    /// VM ends. Repeatable, with distinct tags.
+    #[arg(long, value_name = "tag=T,dir=PATH")]
+    fs: Vec<vmm_core::FsConfig>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -207,6 +214,7 @@ fn run(process_start: Instant, args: RunArgs) -> ExitCode {
         disks: args.disk,
         vsock: args.vsock,
         nets: args.net,
+        fs: args.fs,
     };
     let _raw = (args.console == ConsoleConfig::Stdio).then(terminal::RawMode::enter);
     let options = LaunchOptions {

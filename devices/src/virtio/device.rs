@@ -14,6 +14,7 @@ use std::sync::Arc;
 
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
 
 /// Bit 0 of the MMIO InterruptStatus register: a used ring was updated.
 pub const INTERRUPT_USED_RING: u32 = 1 << 0;
@@ -84,6 +85,10 @@ pub enum ActivateError {
     /// The device is already active; it must be reset first.
     #[error("device is already active")]
     AlreadyActive,
+    /// The process serving the device (a vhost-user backend) refused the
+    /// setup or is gone.
+    #[error("backend: {0}")]
+    Backend(String),
 }
 
 /// A failure while processing a queue that leaves the device unable to go
@@ -116,6 +121,21 @@ pub enum DeviceError {
         #[source]
         source: io::Error,
     },
+    /// The process serving the device (a vhost-user backend) failed.
+    #[error("backend failed: {0}")]
+    Backend(String),
+}
+
+/// The eventfds of a slot, for a device whose queues another process serves
+/// (vhost-user): KVM writes `kicks[i]` when the guest notifies queue `i`, and
+/// a write to `call` raises the slot's interrupt. The backend gets them
+/// directly, so requests and completions never pass through the VMM.
+#[derive(Debug)]
+pub struct DirectNotifiers {
+    /// One notification eventfd per queue, in queue order.
+    pub kicks: Vec<EventFd>,
+    /// The slot's irqfd.
+    pub call: EventFd,
 }
 
 /// A virtio device behind a transport.
@@ -160,6 +180,21 @@ pub trait VirtioDevice: Send {
     /// Handles a guest notification for queue `index`: processes every
     /// available request. Before activation this does nothing.
     fn process_queue(&mut self, index: usize) -> Result<(), DeviceError>;
+
+    /// True for devices whose queues another process serves: the VMM then
+    /// hands them the slot's eventfds ([`set_direct_notifiers`]) and never
+    /// reads their queue notifications itself.
+    ///
+    /// [`set_direct_notifiers`]: Self::set_direct_notifiers
+    fn wants_direct_notifiers(&self) -> bool {
+        false
+    }
+
+    /// Receives the slot's eventfds, once, before the guest can drive the
+    /// device; only called when [`wants_direct_notifiers`] is true.
+    ///
+    /// [`wants_direct_notifiers`]: Self::wants_direct_notifiers
+    fn set_direct_notifiers(&mut self, _notifiers: DirectNotifiers) {}
 }
 
 /// Copies the configuration-space bytes at `offset` into `data`, for

@@ -16,6 +16,8 @@ use super::device::{VirtioInterrupt, INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_RIN
 #[derive(Debug)]
 pub struct EventFdInterrupt {
     status: AtomicU32,
+    /// Causes that always read as pending (see [`Self::for_direct_backend`]).
+    always: u32,
     irqfd: EventFd,
 }
 
@@ -24,7 +26,20 @@ impl EventFdInterrupt {
     pub fn new(irqfd: EventFd) -> Self {
         Self {
             status: AtomicU32::new(0),
+            always: 0,
             irqfd,
+        }
+    }
+
+    /// Wraps the irqfd of a slot whose used-ring interrupts another process
+    /// (a vhost-user backend) raises by writing the irqfd directly. That
+    /// process cannot set InterruptStatus, so [`INTERRUPT_USED_RING`] always
+    /// reads as pending: Linux then scans the used rings on every interrupt
+    /// of the slot (a scan that finds nothing new is harmless).
+    pub fn for_direct_backend(irqfd: EventFd) -> Self {
+        Self {
+            always: INTERRUPT_USED_RING,
+            ..Self::new(irqfd)
         }
     }
 
@@ -36,7 +51,7 @@ impl EventFdInterrupt {
     /// The InterruptStatus register: pending causes
     /// ([`INTERRUPT_USED_RING`], [`INTERRUPT_CONFIG_CHANGE`]).
     pub fn status(&self) -> u32 {
-        self.status.load(Ordering::SeqCst)
+        self.status.load(Ordering::SeqCst) | self.always
     }
 
     /// Clears the causes set in `bits` (a guest write to InterruptACK).
@@ -89,5 +104,22 @@ mod tests {
         assert_eq!(interrupt.status(), INTERRUPT_CONFIG_CHANGE);
         interrupt.clear();
         assert_eq!(interrupt.status(), 0);
+    }
+
+    #[test]
+    fn a_direct_backend_slot_always_reports_the_used_ring() {
+        let interrupt =
+            EventFdInterrupt::for_direct_backend(EventFd::new(libc::EFD_NONBLOCK).unwrap());
+        assert_eq!(interrupt.status(), INTERRUPT_USED_RING);
+        interrupt.ack(INTERRUPT_USED_RING);
+        assert_eq!(interrupt.status(), INTERRUPT_USED_RING);
+        interrupt.signal_config_change().unwrap();
+        assert_eq!(
+            interrupt.status(),
+            INTERRUPT_USED_RING | INTERRUPT_CONFIG_CHANGE
+        );
+        interrupt.ack(INTERRUPT_CONFIG_CHANGE);
+        interrupt.clear();
+        assert_eq!(interrupt.status(), INTERRUPT_USED_RING);
     }
 }

@@ -11,6 +11,8 @@
 //! - [`net`]: [`Net`], the network device on a tap interface.
 //! - [`vsock`]: [`Vsock`], the socket device with the hybrid unix-socket
 //!   backend.
+//! - [`fs`]: [`Fs`], the virtio-fs device: a vhost-user frontend to a
+//!   virtiofsd process ([`fs::Virtiofsd`]) that serves the queues itself.
 //!
 //! Everything that comes from the guest (register values, ring addresses,
 //! descriptor chains, request headers) is validated before use; a guest can
@@ -20,6 +22,7 @@
 pub mod block;
 pub mod chain;
 pub mod device;
+pub mod fs;
 pub mod interrupt;
 pub mod mmio;
 pub mod net;
@@ -31,9 +34,10 @@ pub mod vsock;
 pub use block::Block;
 pub use chain::{check_guest_memory, read_chain, Buffer, ChainError};
 pub use device::{
-    read_config_bytes, ActivateContext, ActivateError, DeviceError, VirtioDevice, VirtioInterrupt,
-    INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_RING,
+    read_config_bytes, ActivateContext, ActivateError, DeviceError, DirectNotifiers, VirtioDevice,
+    VirtioInterrupt, INTERRUPT_CONFIG_CHANGE, INTERRUPT_USED_RING,
 };
+pub use fs::Fs;
 pub use interrupt::EventFdInterrupt;
 pub use mmio::{
     kernel_cmdline_entry, MmioTransport, QueueConfigError, QueueNotifier, CONFIG_SPACE_OFFSET,
