@@ -142,8 +142,7 @@ fn parse_cases(console: &str) -> BTreeMap<String, (String, i32)> {
 fn containers_run_in_the_vm_through_the_agent_over_hybrid_vsock() {
     let agent = static_agent();
     let kernel_dir = PathBuf::from(script_output("resources/guest-kernel/build.sh", &[]));
-    let payload =
-        vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmm-nested-agent").unwrap();
+    let payload = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmm-nested-agent").unwrap();
     let p = payload.as_path();
     std::fs::copy(kernel_dir.join("vmlinux"), p.join("vmlinux")).unwrap();
     std::fs::copy(env!("CARGO_BIN_EXE_vmmctl"), p.join("vmmctl")).unwrap();
@@ -173,7 +172,11 @@ fn containers_run_in_the_vm_through_the_agent_over_hybrid_vsock() {
         Some(125),
         "the QEMU test host froze in every attempt (infrastructure)"
     );
-    assert!(out.status.success(), "test host script failed: {:?}", out.status);
+    assert!(
+        out.status.success(),
+        "test host script failed: {:?}",
+        out.status
+    );
     let cases = parse_cases(&console);
     let case = |name: &str| -> &(String, i32) {
         cases
@@ -198,7 +201,10 @@ fn containers_run_in_the_vm_through_the_agent_over_hybrid_vsock() {
 
     let (stdin, rc) = case("stdin");
     assert_eq!(*rc, 5, "the shell's exit status comes back:\n{stdin}");
-    assert!(stdin.contains("from-stdin-42"), "stdin reached sh:\n{stdin}");
+    assert!(
+        stdin.contains("from-stdin-42"),
+        "stdin reached sh:\n{stdin}"
+    );
 
     let (sleeper, _) = case("sleeper");
     assert!(sleeper.contains("status=RUNNING"), "{sleeper}");
@@ -219,7 +225,10 @@ fn containers_run_in_the_vm_through_the_agent_over_hybrid_vsock() {
         after_pause.contains("status=RUNNING"),
         "resumed after pause:\n{sleeper}"
     );
-    assert!(sleeper.contains("s1-exit=137"), "SIGKILL -> 137:\n{sleeper}");
+    assert!(
+        sleeper.contains("s1-exit=137"),
+        "SIGKILL -> 137:\n{sleeper}"
+    );
 
     let (events, rc) = case("events");
     assert_eq!(*rc, 0, "{events}");

@@ -256,7 +256,11 @@ impl StdioEndpoint {
     }
 
     /// Copies what the agent sends to `out` until EOF, in a thread.
-    fn copy_to(self, mut out: impl Write + Send + 'static, timeout: Duration) -> JoinHandle<io::Result<u64>> {
+    fn copy_to(
+        self,
+        mut out: impl Write + Send + 'static,
+        timeout: Duration,
+    ) -> JoinHandle<io::Result<u64>> {
         thread::spawn(move || {
             let mut stream = self.accept(timeout)?;
             let mut buf = vec![0u8; 64 * 1024];
@@ -299,7 +303,12 @@ struct ProcessIo {
 }
 
 impl ProcessIo {
-    fn open(address: &Address, private_dir: &Path, with_stdin: bool, timeout: Duration) -> Result<Self> {
+    fn open(
+        address: &Address,
+        private_dir: &Path,
+        with_stdin: bool,
+        timeout: Duration,
+    ) -> Result<Self> {
         let stdout = StdioEndpoint::bind(address, private_dir, "stdout", 0)?;
         let stderr = StdioEndpoint::bind(address, private_dir, "stderr", 1)?;
         let stdin = if with_stdin {
@@ -313,8 +322,10 @@ impl ProcessIo {
             stderr_url: stderr.url.clone(),
             threads: Vec::new(),
         };
-        io.threads.push(("stdout", stdout.copy_to(io::stdout(), timeout)));
-        io.threads.push(("stderr", stderr.copy_to(io::stderr(), timeout)));
+        io.threads
+            .push(("stdout", stdout.copy_to(io::stdout(), timeout)));
+        io.threads
+            .push(("stderr", stderr.copy_to(io::stderr(), timeout)));
         if let Some(stdin) = stdin {
             io.threads.push(("stdin", stdin.feed_stdin(timeout)));
         }
@@ -429,9 +440,7 @@ pub fn run(cli: AgentArgs) -> Result<ExitCode> {
             let mut req = api::StateRequest::new();
             req.id = id.clone();
             req.exec_id = exec_id;
-            let state = task
-                .state(ctx(call), &req)
-                .rpc(|| format!("State {id}"))?;
+            let state = task.state(ctx(call), &req).rpc(|| format!("State {id}"))?;
             println!(
                 "id={} exec_id={} pid={} status={:?} exit_status={} bundle={}",
                 state.id,
@@ -448,16 +457,13 @@ pub fn run(cli: AgentArgs) -> Result<ExitCode> {
             req.id = id.clone();
             req.signal = signal;
             req.all = all;
-            task.kill(ctx(call), &req)
-                .rpc(|| format!("Kill {id}"))?;
+            task.kill(ctx(call), &req).rpc(|| format!("Kill {id}"))?;
             Ok(ExitCode::SUCCESS)
         }
         AgentCommand::Stats { id } => {
             let mut req = api::StatsRequest::new();
             req.id = id.clone();
-            let res = task
-                .stats(ctx(call), &req)
-                .rpc(|| format!("Stats {id}"))?;
+            let res = task.stats(ctx(call), &req).rpc(|| format!("Stats {id}"))?;
             let any = res
                 .stats
                 .into_option()
@@ -468,8 +474,7 @@ pub fn run(cli: AgentArgs) -> Result<ExitCode> {
         AgentCommand::Pause { id } => {
             let mut req = api::PauseRequest::new();
             req.id = id.clone();
-            task.pause(ctx(call), &req)
-                .rpc(|| format!("Pause {id}"))?;
+            task.pause(ctx(call), &req).rpc(|| format!("Pause {id}"))?;
             Ok(ExitCode::SUCCESS)
         }
         AgentCommand::Resume { id } => {
@@ -523,12 +528,9 @@ trait RpcResult<T> {
 impl<T> RpcResult<T> for containerd_shim_protos::ttrpc::Result<T> {
     fn rpc(self, what: impl FnOnce() -> String) -> Result<T> {
         self.map_err(|e| match e {
-            containerd_shim_protos::ttrpc::Error::RpcStatus(status) => anyhow!(
-                "{}: {:?}: {}",
-                what(),
-                status.code(),
-                status.message()
-            ),
+            containerd_shim_protos::ttrpc::Error::RpcStatus(status) => {
+                anyhow!("{}: {:?}: {}", what(), status.code(), status.message())
+            }
             other => anyhow!("{}: {other}", what()),
         })
     }
@@ -540,7 +542,10 @@ fn wait(task: &guest_agent::client::TaskClient, id: &str, exec_id: &str) -> Resu
     req.id = id.to_string();
     req.exec_id = exec_id.to_string();
     let res = task
-        .wait(containerd_shim_protos::ttrpc::context::Context::default(), &req)
+        .wait(
+            containerd_shim_protos::ttrpc::context::Context::default(),
+            &req,
+        )
         .rpc(|| format!("Wait {id} {exec_id}"))?;
     Ok(res.exit_status)
 }

@@ -72,14 +72,8 @@ pub fn make_root_pivotable() -> Result<bool, GuestRootError> {
     )
     .map_err(step("bind-mounting / onto the staging directory"))?;
     nix::unistd::chdir(STAGING_DIR).map_err(step("entering the staging directory"))?;
-    mount(
-        Some("."),
-        "/",
-        None::<&str>,
-        MsFlags::MS_MOVE,
-        None::<&str>,
-    )
-    .map_err(step("moving the bind mount over /"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(step("moving the bind mount over /"))?;
     nix::unistd::chroot(".").map_err(step("chroot into the new root"))?;
     nix::unistd::chdir("/").map_err(step("chdir /"))?;
     Ok(true)

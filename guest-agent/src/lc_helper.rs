@@ -101,7 +101,11 @@ pub fn run(req: HelperRequest<'_>) -> AgentResult<u32> {
     cmd.arg(req.lc_root)
         .arg(req.id)
         .arg(&result_path)
-        .arg(req.console_socket.map(Path::as_os_str).unwrap_or("-".as_ref()))
+        .arg(
+            req.console_socket
+                .map(Path::as_os_str)
+                .unwrap_or("-".as_ref()),
+        )
         .arg(log_level);
     match req.stdio {
         Some(fds) => {

@@ -41,7 +41,10 @@ fn main() -> ExitCode {
     // libcontainer's forking calls run in a fresh single-threaded copy of
     // the agent (see lc_helper); it is recognised before any CLI parsing.
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args.get(1).is_some_and(|a| a == guest_agent::lc_helper::HELPER_ARG) {
+    if args
+        .get(1)
+        .is_some_and(|a| a == guest_agent::lc_helper::HELPER_ARG)
+    {
         return guest_agent::lc_helper::helper_main(&args[2..]);
     }
     let cli = Cli::parse();
