@@ -233,6 +233,35 @@ fn base_builder(
     Ok(b)
 }
 
+/// Whether the agent's own root is the initial ramfs ("rootfs"), on which
+/// pivot_root(2) fails with EINVAL. Containers are then entered with
+/// MS_MOVE + chroot (libcontainer's no_pivot, runc's ramdisk mode).
+pub fn root_is_initramfs() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let yes = mountinfo_root_is_rootfs(&info);
+        if yes {
+            tracing::info!(
+                "running from the initramfs: containers use MS_MOVE+chroot instead of pivot_root"
+            );
+        }
+        yes
+    })
+}
+
+/// True when the mount on "/" in `mountinfo` text is of type rootfs.
+pub fn mountinfo_root_is_rootfs(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|l| {
+        let mut halves = l.splitn(2, " - ");
+        let (Some(pre), Some(post)) = (halves.next(), halves.next()) else {
+            return false;
+        };
+        pre.split_whitespace().nth(4) == Some("/")
+            && post.split_whitespace().next() == Some("rootfs")
+    })
+}
+
 /// Creates the container's init (stopped before the user process, waiting
 /// for Start). Call with the reaper's libcontainer lock held. Returns the
 /// init pid and the pty master in terminal mode.
@@ -252,6 +281,7 @@ pub fn create_init(
         .as_init(shadow)
         .with_systemd(false)
         .with_detach(true)
+        .with_no_pivot(root_is_initramfs())
         .build()
         .map_err(|e| lc_error("creating the container", e))?;
     let pid = container
@@ -367,6 +397,14 @@ mod tests {
         std::fs::create_dir(b.join("rootfs")).unwrap();
         std::fs::write(b.join("config.json"), config).unwrap();
         (d, b)
+    }
+
+    #[test]
+    fn initramfs_root_detection() {
+        let initramfs = "1 1 0:2 / / rw - rootfs rootfs rw,size=100k\n14 1 0:5 / /dev rw - devtmpfs devtmpfs rw\n";
+        assert!(mountinfo_root_is_rootfs(initramfs));
+        let disk = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n23 22 0:5 / /dev rw - devtmpfs udev rw\n";
+        assert!(!mountinfo_root_is_rootfs(disk));
     }
 
     #[test]
