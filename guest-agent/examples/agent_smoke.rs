@@ -1,13 +1,19 @@
 //! A manual end-to-end check of a running agent, meant for cgroup v2
 //! machines (the nested test host's outer level, or the guest):
 //!
-//!   agent_smoke SOCKET BUNDLE_ROOTFS_PARENT
+//!   agent_smoke SOCKET BUNDLE_DIR         (agent on this machine)
+//!   agent_smoke --vm UDS BUNDLE_DIR        (agent in a VM, hybrid vsock)
+//!   agent_smoke --print-spec               (the config.json it uses)
 //!
-//! SOCKET is the agent's unix socket; BUNDLE_ROOTFS_PARENT holds a busybox
-//! `rootfs/` (config.json is written there by this tool). It creates a
-//! container, checks the output, Stats (v2 type, memory limit), Update
-//! (memory.max), Pause/Resume (cgroup.freeze), an exec, Wait, Delete, and
-//! that the cgroup is gone. Prints `agent-smoke: ok` and exits 0 on success.
+//! Locally, BUNDLE_DIR holds a busybox `rootfs/` and this tool writes its
+//! config.json there. With --vm, BUNDLE_DIR is a path inside the guest that
+//! already holds `rootfs/` and the `--print-spec` config.json; the agent is
+//! reached through the VMM's hybrid vsock socket UDS (port 1024) and the
+//! guest dials the container's stdio to host ports 6000/6001
+//! (`<UDS>_<port>`). Checks: output, Stats (v2 type, memory limit), Update,
+//! Pause/Resume (State PAUSED), an exec, Wait, Delete, the events; locally
+//! also memory.max, cgroup.freeze and that the cgroup is gone. Prints
+//! `agent-smoke: ok` and exits 0 on success.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -59,31 +65,71 @@ fn read(p: &Path) -> String {
     std::fs::read_to_string(p).unwrap_or_else(|e| fail(format!("{}: {e}", p.display())))
 }
 
+fn metrics(
+    task: &containerd_shim_protos::TaskClient,
+) -> containerd_shim_protos::cgroups_v2::metrics::Metrics {
+    let mut st = api::StatsRequest::new();
+    st.id = "smoke".into();
+    let stats = task
+        .stats(ctx(T), &st)
+        .unwrap_or_else(|e| fail(format!("stats: {e:?}")));
+    let any = stats
+        .stats
+        .into_option()
+        .unwrap_or_else(|| fail("stats: no Any".into()));
+    check(any.type_url == "io.containerd.cgroups.v2.Metrics", || {
+        format!("stats type {}", any.type_url)
+    });
+    containerd_shim_protos::protobuf::Message::parse_from_bytes(&any.value)
+        .unwrap_or_else(|e| fail(format!("metrics decode: {e}")))
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.len() != 3 {
-        eprintln!("usage: agent_smoke SOCKET BUNDLE_DIR");
-        std::process::exit(2);
+    if args.len() == 2 && args[1] == "--print-spec" {
+        println!("{}", spec());
+        return;
     }
-    let socket = PathBuf::from(&args[1]);
-    let bundle = PathBuf::from(&args[2]);
-    let cgroup = Path::new("/sys/fs/cgroup/vmm-agent/smoke");
-    if let Err(e) = std::fs::write(bundle.join("config.json"), spec().to_string()) {
-        fail(format!("writing config.json: {e}"));
+    let (vm, socket, bundle) = match args.as_slice() {
+        [_, flag, uds, b] if flag == "--vm" => (true, PathBuf::from(uds), PathBuf::from(b)),
+        [_, sock, b] => (false, PathBuf::from(sock), PathBuf::from(b)),
+        _ => {
+            eprintln!("usage: agent_smoke [--vm] SOCKET BUNDLE_DIR | agent_smoke --print-spec");
+            std::process::exit(2);
+        }
+    };
+    // Local mode only: the cgroup files are visible here.
+    let local_cgroup = (!vm).then(|| Path::new("/sys/fs/cgroup/vmm-agent/smoke"));
+    if !vm {
+        if let Err(e) = std::fs::write(bundle.join("config.json"), spec().to_string()) {
+            fail(format!("writing config.json: {e}"));
+        }
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(if vm { 240 } else { 30 });
     let agent = loop {
-        match AgentClient::connect_unix(&socket) {
+        let c = if vm {
+            AgentClient::connect_hybrid_vsock(&socket, 1024)
+        } else {
+            AgentClient::connect_unix(&socket)
+        };
+        match c {
             Ok(c) => break c,
             Err(e) if Instant::now() > deadline => fail(format!("connect: {e}")),
-            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
         }
     };
     let task = agent.task();
     let io_dir = tempfile::tempdir().unwrap_or_else(|e| fail(format!("tempdir: {e}")));
+    let listener = |name: &str, port: u32| {
+        let l = if vm {
+            StdioListener::bind_hybrid_vsock(&socket, port)
+        } else {
+            StdioListener::bind(io_dir.path(), name)
+        };
+        l.unwrap_or_else(|e| fail(format!("bind {name}: {e}")))
+    };
 
-    let out =
-        StdioListener::bind(io_dir.path(), "out").unwrap_or_else(|e| fail(format!("bind: {e}")));
+    let out = listener("out", 6000);
     let mut req = api::CreateTaskRequest::new();
     req.id = "smoke".into();
     req.bundle = bundle.display().to_string();
@@ -98,31 +144,19 @@ fn main() {
     task.start(ctx(T), &sreq)
         .unwrap_or_else(|e| fail(format!("start: {e:?}")));
 
-    let mut st = api::StatsRequest::new();
-    st.id = "smoke".into();
-    let stats = task
-        .stats(ctx(T), &st)
-        .unwrap_or_else(|e| fail(format!("stats: {e:?}")));
-    let any = stats
-        .stats
-        .into_option()
-        .unwrap_or_else(|| fail("stats: no Any".into()));
-    check(any.type_url == "io.containerd.cgroups.v2.Metrics", || {
-        format!("stats type {}", any.type_url)
-    });
-    let m: containerd_shim_protos::cgroups_v2::metrics::Metrics =
-        containerd_shim_protos::protobuf::Message::parse_from_bytes(&any.value)
-            .unwrap_or_else(|e| fail(format!("metrics decode: {e}")));
+    let m = metrics(task);
     check(m.memory.usage_limit == LIMIT, || {
         format!("metrics memory limit {}", m.memory.usage_limit)
     });
     check(m.pids.current >= 1, || {
         format!("metrics pids {}", m.pids.current)
     });
-    let max = read(&cgroup.join("memory.max"));
-    check(max.trim() == LIMIT.to_string(), || {
-        format!("memory.max {max}")
-    });
+    if let Some(cg) = local_cgroup {
+        let max = read(&cg.join("memory.max"));
+        check(max.trim() == LIMIT.to_string(), || {
+            format!("memory.max {max}")
+        });
+    }
 
     let mut up = api::UpdateTaskRequest::new();
     up.id = "smoke".into();
@@ -134,30 +168,42 @@ fn main() {
     up.resources = MessageField::some(res);
     task.update(ctx(T), &up)
         .unwrap_or_else(|e| fail(format!("update: {e:?}")));
-    let max = read(&cgroup.join("memory.max"));
-    check(max.trim() == (2 * LIMIT).to_string(), || {
-        format!("memory.max after update {max}")
+    let m = metrics(task);
+    check(m.memory.usage_limit == 2 * LIMIT, || {
+        format!("memory limit after update {}", m.memory.usage_limit)
     });
 
     let mut p = api::PauseRequest::new();
     p.id = "smoke".into();
     task.pause(ctx(T), &p)
         .unwrap_or_else(|e| fail(format!("pause: {e:?}")));
-    let frozen = read(&cgroup.join("cgroup.freeze"));
-    check(frozen.trim() == "1", || {
-        format!("cgroup.freeze after pause {frozen}")
-    });
+    let mut sq = api::StateRequest::new();
+    sq.id = "smoke".into();
+    let state = task
+        .state(ctx(T), &sq)
+        .unwrap_or_else(|e| fail(format!("state: {e:?}")));
+    check(
+        state.status.value() == containerd_shim_protos::types::task::Status::PAUSED as i32,
+        || format!("state after pause {:?}", state.status),
+    );
+    if let Some(cg) = local_cgroup {
+        let frozen = read(&cg.join("cgroup.freeze"));
+        check(frozen.trim() == "1", || {
+            format!("cgroup.freeze after pause {frozen}")
+        });
+    }
     let mut r = api::ResumeRequest::new();
     r.id = "smoke".into();
     task.resume(ctx(T), &r)
         .unwrap_or_else(|e| fail(format!("resume: {e:?}")));
-    let frozen = read(&cgroup.join("cgroup.freeze"));
-    check(frozen.trim() == "0", || {
-        format!("cgroup.freeze after resume {frozen}")
-    });
+    if let Some(cg) = local_cgroup {
+        let frozen = read(&cg.join("cgroup.freeze"));
+        check(frozen.trim() == "0", || {
+            format!("cgroup.freeze after resume {frozen}")
+        });
+    }
 
-    let eout =
-        StdioListener::bind(io_dir.path(), "eout").unwrap_or_else(|e| fail(format!("bind: {e}")));
+    let eout = listener("eout", 6001);
     let mut ex = api::ExecProcessRequest::new();
     ex.id = "smoke".into();
     ex.exec_id = "e1".into();
@@ -202,7 +248,9 @@ fn main() {
     d.id = "smoke".into();
     task.delete(ctx(T), &d)
         .unwrap_or_else(|e| fail(format!("delete: {e:?}")));
-    check(!cgroup.exists(), || "cgroup left after delete".into());
+    if let Some(cg) = local_cgroup {
+        check(!cg.exists(), || "cgroup left after delete".into());
+    }
 
     let mut topics = Vec::new();
     while let Ok(Some(ev)) = agent.next_event(Duration::from_millis(200)) {
@@ -223,4 +271,8 @@ fn main() {
         });
     }
     println!("agent-smoke: ok ({} events)", topics.len());
+    if vm {
+        // The agent as init powers the VM off.
+        let _ = task.shutdown(ctx(T), &api::ShutdownRequest::new());
+    }
 }
