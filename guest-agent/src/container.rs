@@ -13,9 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use libcontainer::container::builder::ContainerBuilder;
 use libcontainer::error::LibcontainerError;
-use libcontainer::syscall::syscall::SyscallType;
 use oci_spec::runtime::Spec;
 
 use crate::error::{AgentError, AgentResult};
@@ -214,25 +212,6 @@ impl Drop for ConsoleSocket {
     }
 }
 
-fn base_builder(
-    paths: &Paths,
-    id: &str,
-    child: Option<ChildFds>,
-    console: Option<&ConsoleSocket>,
-) -> AgentResult<ContainerBuilder> {
-    let mut b = ContainerBuilder::new(id.to_string(), SyscallType::default())
-        .with_root_path(&paths.lc_root)
-        .map_err(|e| lc_error("libcontainer root", e))?
-        .with_console_socket(console.map(|c| c.path.clone()));
-    if let Some(fds) = child {
-        b = b
-            .with_stdin(fds.stdin)
-            .with_stdout(fds.stdout)
-            .with_stderr(fds.stderr);
-    }
-    Ok(b)
-}
-
 /// Whether the agent's own root is the initial ramfs ("rootfs"), on which
 /// pivot_root(2) fails with EINVAL. Containers are then entered with
 /// MS_MOVE + chroot (libcontainer's no_pivot, runc's ramdisk mode).
@@ -277,17 +256,14 @@ pub fn create_init(
     } else {
         None
     };
-    let container = base_builder(paths, id, child, console.as_ref())?
-        .as_init(shadow)
-        .with_systemd(false)
-        .with_detach(true)
-        .with_no_pivot(root_is_initramfs())
-        .build()
-        .map_err(|e| lc_error("creating the container", e))?;
-    let pid = container
-        .pid()
-        .and_then(|p| u32::try_from(p.as_raw()).ok())
-        .ok_or_else(|| AgentError::Internal("libcontainer returned no init pid".into()))?;
+    let pid = crate::lc_helper::run(
+        paths,
+        crate::lc_helper::CREATE,
+        id,
+        shadow,
+        console.as_ref().map(|c| c.path.as_path()),
+        child,
+    )?;
     let master = match &console {
         Some(c) => Some(c.master()?),
         None => None,
@@ -326,14 +302,16 @@ pub fn start_exec(
     } else {
         None
     };
-    let built = base_builder(paths, &c.id, child, console.as_ref())?
-        .as_tenant()
-        .with_process(Some(&spec_path))
-        .with_detach(true)
-        .build();
+    let pid = crate::lc_helper::run(
+        paths,
+        crate::lc_helper::EXEC,
+        &c.id,
+        &spec_path,
+        console.as_ref().map(|c| c.path.as_path()),
+        child,
+    );
     let _ = std::fs::remove_file(&spec_path);
-    let pid = built.map_err(|e| lc_error("starting the exec process", e))?;
-    let pid = u32::try_from(pid.as_raw()).map_err(|e| AgentError::internal("exec pid", e))?;
+    let pid = pid?;
     let master = match &console {
         Some(c) => Some(c.master()?),
         None => None,

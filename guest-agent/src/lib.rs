@@ -9,6 +9,7 @@ pub mod container;
 pub mod error;
 pub mod events;
 pub mod init;
+pub mod lc_helper;
 pub mod mounts;
 pub mod process;
 pub mod reaper;
