@@ -39,15 +39,6 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    // One malloc arena per thread (instead of glibc's 8 per core, shared
-    // once threads outnumber them). libcontainer forks with a raw clone3,
-    // which runs none of glibc's fork handlers, so the child inherits every
-    // arena lock as it was; with a private arena the forking thread's own
-    // allocations in the child never wait on a lock another thread held.
-    // SAFETY: mallopt with integer arguments, before any thread exists.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 65536);
-    }
     let args: Vec<String> = std::env::args().collect();
     if matches!(
         args.get(1).map(String::as_str),
