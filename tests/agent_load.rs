@@ -5,6 +5,7 @@
 #[path = "agent_common/mod.rs"]
 mod agent_common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
@@ -14,6 +15,8 @@ use containerd_shim_protos::api;
 const CONTAINERS: usize = 50;
 /// Rounds of CONTAINERS concurrent containers (leaks checked after each).
 const ROUNDS: usize = 2;
+/// Threads connecting and disconnecting short-lived clients during a round.
+const CHURNERS: usize = 2;
 
 #[test]
 fn fifty_concurrent_containers_leave_nothing_behind() {
@@ -52,6 +55,26 @@ fn fifty_concurrent_containers_leave_nothing_behind() {
 fn run_round(agent: &Arc<Agent>, bundles: &Arc<TestDir>, round: usize) {
     let barrier = Arc::new(Barrier::new(CONTAINERS));
     let started = Instant::now();
+    // Clients that connect, ask one thing and hang up, over and over, while
+    // the containers are created: the agent keeps starting and retiring
+    // connection threads exactly when it forks containers.
+    let done = Arc::new(AtomicBool::new(false));
+    let churners: Vec<_> = (0..CHURNERS)
+        .map(|_| {
+            let (agent, done) = (agent.clone(), done.clone());
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !done.load(Ordering::Relaxed) {
+                    agent
+                        .connect()
+                        .connect(ctx(), &api::ConnectRequest::new())
+                        .expect("Connect from a short-lived client");
+                    n += 1;
+                }
+                n
+            })
+        })
+        .collect();
     let workers: Vec<_> = (0..CONTAINERS)
         .map(|i| {
             let (agent, bundles, barrier) = (agent.clone(), bundles.clone(), barrier.clone());
@@ -84,8 +107,12 @@ fn run_round(agent: &Arc<Agent>, bundles: &Arc<TestDir>, round: usize) {
         })
         .collect();
     let mut failures = Vec::new();
+    let workers: Vec<_> = workers.into_iter().map(|w| w.join()).collect();
+    done.store(true, Ordering::Relaxed);
+    let churned: u64 = churners.into_iter().map(|c| c.join().unwrap()).sum();
+    println!("round {round}: {churned} short-lived client connections meanwhile");
     for (i, w) in workers.into_iter().enumerate() {
-        if let Err(e) = w.join() {
+        if let Err(e) = w {
             failures.push(format!(
                 "load{round}-{i}: {}",
                 e.downcast_ref::<String>()

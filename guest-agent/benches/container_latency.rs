@@ -49,6 +49,8 @@ fn main() {
     let agent = Agent::start_with_log_level("bench", &level);
     let bundles = TestDir::new("bench-bundles");
     let mut run_times = Vec::with_capacity(runs);
+    let mut create_times = Vec::with_capacity(runs);
+    let mut start_wait_times = Vec::with_capacity(runs);
     let mut delete_times = Vec::with_capacity(runs);
     let spec = spec(&["true"], false);
     for i in 0..runs {
@@ -59,6 +61,7 @@ fn main() {
             .client
             .create(ctx(), &create_req(&id, &bundle, false, "", "", ""))
             .unwrap_or_else(|e| panic!("create {id}: {e:?}"));
+        let t_created = Instant::now();
         agent
             .client
             .start(ctx(), &start_req(&id, ""))
@@ -75,12 +78,16 @@ fn main() {
             .unwrap_or_else(|e| panic!("delete {id}: {e:?}"));
         let t2 = Instant::now();
         run_times.push(t1 - t0);
+        create_times.push(t_created - t0);
+        start_wait_times.push(t1 - t_created);
         delete_times.push(t2 - t1);
         std::fs::remove_dir_all(&bundle.dir).unwrap();
     }
     agent.assert_clean(&bundles.path);
     println!("guest-agent container latency (busybox `true`, host, unix socket):");
     report("create+start+wait", &mut run_times);
+    report("  create", &mut create_times);
+    report("  start+wait", &mut start_wait_times);
     report("delete", &mut delete_times);
     agent.shutdown();
 }

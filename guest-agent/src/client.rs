@@ -139,6 +139,8 @@ pub fn hybrid_vsock_stream(uds_path: &Path, port: u32) -> Result<UnixStream, Cli
 pub struct StdioListener {
     listener: UnixListener,
     path: PathBuf,
+    /// Set for a hybrid vsock endpoint (URL `vsock://2:PORT`).
+    vsock_port: Option<u32>,
 }
 
 impl StdioListener {
@@ -146,12 +148,35 @@ impl StdioListener {
     pub fn bind(dir: impl AsRef<Path>, name: &str) -> io::Result<Self> {
         let path = dir.as_ref().join(format!("{name}.sock"));
         let listener = UnixListener::bind(&path)?;
-        Ok(Self { listener, path })
+        Ok(Self {
+            listener,
+            path,
+            vsock_port: None,
+        })
+    }
+
+    /// The host end of a stream the guest dials over vsock to the host
+    /// (CID 2) `port`: with a VMM's hybrid vsock at `uds`, that connection
+    /// arrives on the unix socket `<uds>_<port>`. Its URL is
+    /// `vsock://2:<port>`.
+    pub fn bind_hybrid_vsock(uds: impl AsRef<Path>, port: u32) -> io::Result<Self> {
+        let mut name = uds.as_ref().as_os_str().to_owned();
+        name.push(format!("_{port}"));
+        let path = PathBuf::from(name);
+        let listener = UnixListener::bind(&path)?;
+        Ok(Self {
+            listener,
+            path,
+            vsock_port: Some(port),
+        })
     }
 
     /// The URL to put in Create/Exec's stdin/stdout/stderr field.
     pub fn url(&self) -> String {
-        format!("unix://{}", self.path.display())
+        match self.vsock_port {
+            Some(port) => format!("vsock://2:{port}"),
+            None => format!("unix://{}", self.path.display()),
+        }
     }
 
     /// Accepts the agent's connection, waiting at most `timeout`.
@@ -310,5 +335,13 @@ mod tests {
         s.read_to_end(&mut got).unwrap();
         assert_eq!(got, b"data");
         feeder.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn hybrid_vsock_stdio_listener_path_and_url() {
+        let d = tempfile::tempdir().unwrap();
+        let l = StdioListener::bind_hybrid_vsock(d.path().join("v.sock"), 6000).unwrap();
+        assert_eq!(l.url(), "vsock://2:6000");
+        assert!(d.path().join("v.sock_6000").exists());
     }
 }

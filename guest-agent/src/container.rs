@@ -212,6 +212,38 @@ impl Drop for ConsoleSocket {
     }
 }
 
+/// Whether the agent's own root is the initial ramfs ("rootfs"), on which
+/// pivot_root(2) fails with EINVAL (unless guest_root moved it). Containers are then entered with
+/// MS_MOVE + chroot (libcontainer's no_pivot, runc's ramdisk mode).
+pub fn root_is_initramfs() -> bool {
+    static ANSWER: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ANSWER.get_or_init(|| {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        // In init mode guest_root has normally moved the root onto a bind
+        // mount of the initramfs (still type rootfs in mountinfo), where
+        // pivot_root works: only fall back when that did not happen.
+        let yes = mountinfo_root_is_rootfs(&info) && !crate::guest_root::root_was_moved();
+        if yes {
+            tracing::info!(
+                "running from the initramfs: containers use MS_MOVE+chroot instead of pivot_root"
+            );
+        }
+        yes
+    })
+}
+
+/// True when the mount on "/" in `mountinfo` text is of type rootfs.
+pub fn mountinfo_root_is_rootfs(mountinfo: &str) -> bool {
+    mountinfo.lines().any(|l| {
+        let mut halves = l.splitn(2, " - ");
+        let (Some(pre), Some(post)) = (halves.next(), halves.next()) else {
+            return false;
+        };
+        pre.split_whitespace().nth(4) == Some("/")
+            && post.split_whitespace().next() == Some("rootfs")
+    })
+}
+
 /// Creates the container's init (stopped before the user process, waiting
 /// for Start). Call with the reaper's libcontainer lock held. Returns the
 /// init pid and the pty master in terminal mode.
@@ -227,14 +259,14 @@ pub fn create_init(
     } else {
         None
     };
-    let pid = crate::lc_helper::run(crate::lc_helper::HelperRequest {
-        lc_root: &paths.lc_root,
-        scratch: &paths.sockets,
+    let pid = crate::lc_helper::run(
+        paths,
+        crate::lc_helper::CREATE,
         id,
-        op: crate::lc_helper::HelperOp::Create { bundle: shadow },
-        console_socket: console.as_ref().map(|c| c.path.as_path()),
-        stdio: child,
-    })?;
+        shadow,
+        console.as_ref().map(|c| c.path.as_path()),
+        child,
+    )?;
     let master = match &console {
         Some(c) => Some(c.master()?),
         None => None,
@@ -273,18 +305,16 @@ pub fn start_exec(
     } else {
         None
     };
-    let built = crate::lc_helper::run(crate::lc_helper::HelperRequest {
-        lc_root: &paths.lc_root,
-        scratch: &paths.sockets,
-        id: &c.id,
-        op: crate::lc_helper::HelperOp::Exec {
-            process: &spec_path,
-        },
-        console_socket: console.as_ref().map(|c| c.path.as_path()),
-        stdio: child,
-    });
+    let pid = crate::lc_helper::run(
+        paths,
+        crate::lc_helper::EXEC,
+        &c.id,
+        &spec_path,
+        console.as_ref().map(|c| c.path.as_path()),
+        child,
+    );
     let _ = std::fs::remove_file(&spec_path);
-    let pid = built?;
+    let pid = pid?;
     let master = match &console {
         Some(c) => Some(c.master()?),
         None => None,
@@ -348,6 +378,14 @@ mod tests {
         std::fs::create_dir(b.join("rootfs")).unwrap();
         std::fs::write(b.join("config.json"), config).unwrap();
         (d, b)
+    }
+
+    #[test]
+    fn initramfs_root_detection() {
+        let initramfs = "1 1 0:2 / / rw - rootfs rootfs rw,size=100k\n14 1 0:5 / /dev rw - devtmpfs devtmpfs rw\n";
+        assert!(mountinfo_root_is_rootfs(initramfs));
+        let disk = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n23 22 0:5 / /dev rw - devtmpfs udev rw\n";
+        assert!(!mountinfo_root_is_rootfs(disk));
     }
 
     #[test]

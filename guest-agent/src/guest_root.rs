@@ -46,7 +46,13 @@ pub fn root_is_initramfs() -> bool {
     let Ok(stat) = nix::sys::statfs::statfs("/") else {
         return false;
     };
-    is_ram_filesystem(stat.filesystem_type().0) && !Path::new(STAGING_DIR).exists()
+    is_ram_filesystem(stat.filesystem_type().0) && !root_was_moved()
+}
+
+/// True when make_root_pivotable() moved this root (also in processes
+/// started later, such as the libcontainer helper: the marker is a path).
+pub fn root_was_moved() -> bool {
+    Path::new(STAGING_DIR).exists()
 }
 
 fn is_ram_filesystem(magic: i64) -> bool {

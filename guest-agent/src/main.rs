@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::Parser;
 use guest_agent::server::{self, Listen, RunOptions};
@@ -38,14 +39,12 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    // libcontainer's forking calls run in a fresh single-threaded copy of
-    // the agent (see lc_helper); it is recognised before any CLI parsing.
-    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if args
-        .get(1)
-        .is_some_and(|a| a == guest_agent::lc_helper::HELPER_ARG)
-    {
-        return guest_agent::lc_helper::helper_main(&args[2..]);
+    let args: Vec<String> = std::env::args().collect();
+    if matches!(
+        args.get(1).map(String::as_str),
+        Some(guest_agent::lc_helper::CREATE | guest_agent::lc_helper::EXEC)
+    ) {
+        return guest_agent::lc_helper::main(&args[1..]);
     }
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_new(&cli.log_level)
@@ -56,19 +55,15 @@ fn main() -> ExitCode {
     // container's output. The writer takes no lock, which matters in the
     // forked children of this multithreaded process.
     let log = match log_file() {
-        Ok(f) => f,
+        Ok(f) => Arc::new(f),
         Err(e) => {
             eprintln!("guest-agent: cannot duplicate stderr for logging: {e}");
             return ExitCode::FAILURE;
         }
     };
-    // The log file lives as long as the process (leaked on purpose): the
-    // libcontainer helpers get a duplicate of its fd.
-    let log: &'static File = Box::leak(Box::new(log));
-    guest_agent::lc_helper::set_log(log.as_fd(), &cli.log_level);
     tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(move || LogWriter(log))
+        .with_writer(move || LogWriter(log.clone()))
         .with_ansi(false)
         .init();
 
@@ -98,7 +93,7 @@ fn main() -> ExitCode {
         match guest_agent::guest_root::make_root_pivotable() {
             Ok(true) => tracing::info!("initramfs root moved onto a bind mount (pivotable)"),
             Ok(false) => {}
-            Err(e) => tracing::error!("{e}; containers will fail to pivot_root"),
+            Err(e) => tracing::error!("{e}; containers fall back to MS_MOVE + chroot"),
         }
         guest_agent::init::setup(cli.hostname.as_deref());
     }
@@ -140,7 +135,7 @@ fn log_file() -> std::io::Result<File> {
 }
 
 /// Unbuffered, lock-free writer on the log fd.
-struct LogWriter(&'static File);
+struct LogWriter(Arc<File>);
 
 impl Write for LogWriter {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {

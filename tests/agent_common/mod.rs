@@ -381,12 +381,6 @@ impl Agent {
         }
     }
 
-    pub fn fd_count(&self) -> usize {
-        fs::read_dir(format!("/proc/{}/fd", self.pid))
-            .unwrap()
-            .count()
-    }
-
     pub fn thread_count(&self) -> usize {
         fs::read_dir(format!("/proc/{}/task", self.pid))
             .unwrap()
@@ -635,15 +629,6 @@ pub fn descendants(pid: u32) -> Vec<u32> {
 /// A ttrpc context with the per-call timeout.
 pub fn ctx() -> Context {
     context::with_timeout(CALL_TIMEOUT.as_nanos() as i64)
-}
-
-/// The gRPC code of a failed call (panics if the call did not fail with a
-/// ttrpc status).
-pub fn code_of<T: std::fmt::Debug>(r: Result<T, ttrpc::Error>) -> Code {
-    match r {
-        Err(ttrpc::Error::RpcStatus(s)) => s.code(),
-        other => panic!("expected an RPC error status, got {other:?}"),
-    }
 }
 
 /// None if `r` failed with `code`, else a description of what happened.
