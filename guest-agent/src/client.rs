@@ -21,8 +21,10 @@ use crate::events::{EVENTS_METHOD, EVENTS_SERVICE};
 /// Errors of the client helpers.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("connecting to {what}: {source}")]
-    Connect { what: String, source: io::Error },
+    // `error`, not `source`: the message already carries it, and a source
+    // would make error-chain printers repeat it.
+    #[error("connecting to {what}: {error}")]
+    Connect { what: String, error: io::Error },
     #[error("hybrid vsock handshake with {path}: {detail}")]
     Handshake { path: PathBuf, detail: String },
     #[error("ttrpc: {0}")]
@@ -43,9 +45,9 @@ impl AgentClient {
     /// Connects to an agent listening on a unix socket path.
     pub fn connect_unix(path: impl AsRef<Path>) -> Result<Self, ClientError> {
         let path = path.as_ref();
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+        let stream = UnixStream::connect(path).map_err(|error| ClientError::Connect {
             what: path.display().to_string(),
-            source,
+            error,
         })?;
         Self::from_stream(stream)
     }
@@ -106,9 +108,9 @@ pub fn hybrid_vsock_stream(uds_path: &Path, port: u32) -> Result<UnixStream, Cli
         path: uds_path.to_path_buf(),
         detail,
     };
-    let mut stream = UnixStream::connect(uds_path).map_err(|source| ClientError::Connect {
+    let mut stream = UnixStream::connect(uds_path).map_err(|error| ClientError::Connect {
         what: uds_path.display().to_string(),
-        source,
+        error,
     })?;
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
