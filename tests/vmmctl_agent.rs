@@ -58,10 +58,10 @@ struct Agent {
 
 impl Agent {
     fn start() -> Self {
-        // SAFETY: geteuid has no preconditions.
+        // SAFETY: geteuid has no preconditions and cannot fail.
+        let euid = unsafe { libc::geteuid() };
         assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
+            euid, 0,
             "these tests need root (namespaces, mounts, cgroups); they are not skipped"
         );
         let dir = vmm_sys_util::tempdir::TempDir::new_with_prefix("/tmp/vmmctl-agent").unwrap();
@@ -201,7 +201,7 @@ fn run_exec_stats_events_and_errors_through_vmmctl_agent() {
     // A running container: exec, stats, pause/resume, kill, delete.
     let b = agent.bundle("sleeper", &["sleep", "600"]);
     let address = agent.address();
-    let mut sleeper = Command::new(env!("CARGO_BIN_EXE_vmmctl"))
+    let sleeper = Command::new(env!("CARGO_BIN_EXE_vmmctl"))
         .args([
             "agent", "-a", &address, "run", "--id", "sleeper", "--bundle",
         ])
