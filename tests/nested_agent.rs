@@ -9,29 +9,11 @@
 //! through the v2 freezer, kill with exit status 137, the event stream, and
 //! Shutdown powering the VM off (vmmctl exits 0).
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Runs a resources/ script and returns its last stdout line.
-fn script_output(script: &str, args: &[&str]) -> String {
-    let out = Command::new(repo_root().join(script))
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    assert!(out.status.success(), "{script} failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
+#[path = "common/nested.rs"]
+mod nested;
+use nested::{run_in_testhost, script_output};
 
 /// The statically linked agent, built by `make agent-image` (which `make
 /// test` runs first) into <target>/x86_64-unknown-linux-gnu/release. It is
@@ -112,32 +94,6 @@ exit 0
     )
 }
 
-/// Splits the console into case name -> (output, exit status).
-fn parse_cases(console: &str) -> BTreeMap<String, (String, i32)> {
-    let mut cases = BTreeMap::new();
-    let mut current: Option<(String, String)> = None;
-    for line in console.lines() {
-        let line = line.trim_end_matches('\r');
-        if let Some(name) = line
-            .strip_prefix("=== case ")
-            .and_then(|l| l.strip_suffix(" begin"))
-        {
-            current = Some((name.to_string(), String::new()));
-        } else if let Some(rest) = line.strip_prefix("=== case ") {
-            if let Some((name, exit)) = rest.split_once(" end exit=") {
-                if let Some((cur, out)) = current.take() {
-                    assert_eq!(cur, name);
-                    cases.insert(cur, (out, exit.trim().parse().unwrap_or(-1)));
-                }
-            }
-        } else if let Some((_, out)) = current.as_mut() {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    cases
-}
-
 #[test]
 fn containers_run_in_the_vm_through_the_agent_over_hybrid_vsock() {
     let agent = static_agent();
@@ -151,33 +107,7 @@ fn containers_run_in_the_vm_through_the_agent_over_hybrid_vsock() {
         "resources/initramfs/build-agent-image.sh",
         &[agent.to_str().unwrap(), image.to_str().unwrap()],
     );
-    let script_path = p
-        .join("..")
-        .join(format!("nested-agent-script-{}.sh", std::process::id()));
-    std::fs::write(&script_path, script()).unwrap();
-
-    let out = Command::new(repo_root().join("resources/testhost/run"))
-        .env("TESTHOST_ATTEMPTS", "4")
-        .env("TESTHOST_STALL", "180")
-        .arg(p)
-        .arg(&script_path)
-        .output()
-        .expect("resources/testhost/run starts");
-    let _ = std::fs::remove_file(&script_path);
-    let console = String::from_utf8_lossy(&out.stdout).to_string();
-    println!("{console}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert_ne!(
-        out.status.code(),
-        Some(125),
-        "the QEMU test host froze in every attempt (infrastructure)"
-    );
-    assert!(
-        out.status.success(),
-        "test host script failed: {:?}",
-        out.status
-    );
-    let cases = parse_cases(&console);
+    let cases = run_in_testhost(p, &script(), 4, 180);
     let case = |name: &str| -> &(String, i32) {
         cases
             .get(name)

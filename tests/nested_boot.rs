@@ -6,29 +6,12 @@
 //! test-host boots, and each boot costs seconds); the script prints each
 //! case's output between markers and the test checks them one by one.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// Runs a resources/ script and returns its last stdout line.
-fn script_output(script: &str, args: &[&str]) -> String {
-    let out = Command::new(repo_root().join(script))
-        .args(args)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {script}: {e}"));
-    assert!(out.status.success(), "{script} failed");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .last()
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
+#[path = "common/nested.rs"]
+mod nested;
+use nested::{parse_cases, repo_root, run_in_testhost, script_output};
 
 const GUEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 i8042.noaux i8042.nomux i8042.dumbkbd";
 
@@ -130,32 +113,6 @@ exit 0
     )
 }
 
-/// Splits the console into case name -> (output, exit status).
-fn parse_cases(console: &str) -> BTreeMap<String, (String, i32)> {
-    let mut cases = BTreeMap::new();
-    let mut current: Option<(String, String)> = None;
-    for line in console.lines() {
-        let line = line.trim_end_matches('\r');
-        if let Some(name) = line
-            .strip_prefix("=== case ")
-            .and_then(|l| l.strip_suffix(" begin"))
-        {
-            current = Some((name.to_string(), String::new()));
-        } else if let Some(rest) = line.strip_prefix("=== case ") {
-            if let Some((name, exit)) = rest.split_once(" end exit=") {
-                if let Some((cur, out)) = current.take() {
-                    assert_eq!(cur, name);
-                    cases.insert(cur, (out, exit.trim().parse().unwrap_or(-1)));
-                }
-            }
-        } else if let Some((_, out)) = current.as_mut() {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    cases
-}
-
 fn float_after(text: &str, key: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.trim().strip_prefix(key))
@@ -206,38 +163,9 @@ fn vmmctl_boots_linux_in_the_nested_test_host() {
     script_output("resources/rootfs/build.sh", &[root.to_str().unwrap(), "32"]);
     std::fs::copy(&root, p.join("data.img")).unwrap();
     std::fs::copy(&root, p.join("data.img.orig")).unwrap();
-    let script_path = p
-        .join("..")
-        .join(format!("nested-script-{}.sh", std::process::id()));
-    std::fs::write(&script_path, script()).unwrap();
-
-    // The QEMU test host occasionally freezes as a whole, always seen as a
-    // nested VM starts (measured ~2 in 126 launches; 3 in ~150 VM starts
-    // here): allow four boots, and call it frozen after 120 s of silence
-    // (every case streams its output). Benchmarks run in `make bench`, not
-    // here, to keep VM starts per boot low.
-    let out = Command::new(repo_root().join("resources/testhost/run"))
-        .env("TESTHOST_ATTEMPTS", "4")
-        .env("TESTHOST_STALL", "120")
-        .arg(p)
-        .arg(&script_path)
-        .output()
-        .expect("resources/testhost/run starts");
-    let _ = std::fs::remove_file(&script_path);
-    let console = String::from_utf8_lossy(&out.stdout).to_string();
-    println!("{console}");
-    eprintln!("{}", String::from_utf8_lossy(&out.stderr));
-    assert_ne!(
-        out.status.code(),
-        Some(125),
-        "the QEMU test host froze in every attempt (infrastructure)"
-    );
-    assert!(
-        out.status.success(),
-        "test host script failed: {:?}",
-        out.status
-    );
-    let cases = parse_cases(&console);
+    // Benchmarks run in `make bench`, not here, to keep VM starts per
+    // test-host boot (and so the chance of a QEMU freeze) low.
+    let cases = run_in_testhost(p, &script(), 4, 120);
 
     let case = |name: &str| -> &(String, i32) {
         cases
