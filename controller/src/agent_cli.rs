@@ -10,7 +10,7 @@
 //! `vsock://2:<port>` to.
 
 use std::io::{self, Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::thread::{self, JoinHandle};
@@ -20,12 +20,10 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use clap::{Args, Subcommand};
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::MessageField;
-use guest_agent::client::{api, ctx, AgentClient};
+use guest_agent::client::{api, ctx, AgentClient, StdioListener};
 
 /// The vsock port the agent listens on inside the VM.
 const AGENT_VSOCK_PORT: u32 = 1024;
-/// The host's vsock CID, as the guest dials it.
-const HOST_CID: u32 = 2;
 
 /// Arguments of `vmmctl agent`.
 #[derive(Args, Debug)]
@@ -181,78 +179,47 @@ impl Address {
     }
 }
 
-/// The host end of one stdio stream: a socket the agent dials, and the URL
-/// to give it.
+/// The host end of one stdio stream: a socket the agent dials (the
+/// client module's listener), and the URL to give it.
 struct StdioEndpoint {
-    listener: UnixListener,
-    path: PathBuf,
+    listener: StdioListener,
     url: String,
 }
 
 impl StdioEndpoint {
     fn bind(address: &Address, private_dir: &Path, name: &str, index: u32) -> Result<Self> {
-        match address {
-            Address::Unix(_) => {
-                let path = private_dir.join(format!("{name}.sock"));
-                let listener = UnixListener::bind(&path)
-                    .with_context(|| format!("binding {}", path.display()))?;
-                let url = format!("unix://{}", path.display());
-                Ok(Self {
-                    listener,
-                    path,
-                    url,
-                })
-            }
+        let listener = match address {
+            Address::Unix(_) => StdioListener::bind(private_dir, name).with_context(|| {
+                format!("binding the {name} socket in {}", private_dir.display())
+            })?,
             Address::HybridVsock { uds, .. } => {
                 // Guest dials of vsock://2:P arrive at <uds>_P. Pick a port
                 // from this process id and skip ones already taken.
                 let base = 20_000 + (std::process::id() % 10_000) * 4 + index;
+                let mut bound = None;
                 for attempt in 0..64 {
-                    let port = base + attempt * 4;
-                    let mut path = uds.as_os_str().to_owned();
-                    path.push(format!("_{port}"));
-                    let path = PathBuf::from(path);
-                    match UnixListener::bind(&path) {
+                    match StdioListener::bind_hybrid_vsock(uds, base + attempt * 4) {
                         Ok(listener) => {
-                            let url = format!("vsock://{HOST_CID}:{port}");
-                            return Ok(Self {
-                                listener,
-                                path,
-                                url,
-                            });
+                            bound = Some(listener);
+                            break;
                         }
                         Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
                         Err(e) => {
-                            return Err(e).with_context(|| format!("binding {}", path.display()))
+                            return Err(e).with_context(|| {
+                                format!("binding {}_{}", uds.display(), base + attempt * 4)
+                            })
                         }
                     }
                 }
-                bail!("no free hybrid vsock port for the {name} stream")
+                bound.ok_or_else(|| anyhow!("no free hybrid vsock port for the {name} stream"))?
             }
-        }
+        };
+        let url = listener.url();
+        Ok(Self { listener, url })
     }
 
     fn accept(&self, timeout: Duration) -> io::Result<UnixStream> {
-        self.listener.set_nonblocking(true)?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            match self.listener.accept() {
-                Ok((stream, _)) => {
-                    stream.set_nonblocking(false)?;
-                    return Ok(stream);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock && Instant::now() < deadline => {
-                    thread::sleep(Duration::from_millis(2));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "the agent did not dial the stdio socket",
-                    ))
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        self.listener.accept_timeout(timeout)
     }
 
     /// Copies what the agent sends to `out` until EOF, in a thread.
@@ -285,12 +252,6 @@ impl StdioEndpoint {
             stream.shutdown(std::net::Shutdown::Write)?;
             Ok(copied)
         })
-    }
-}
-
-impl Drop for StdioEndpoint {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
